@@ -1,0 +1,22 @@
+"""Entry point: parse flags, build Settings once, configure logging, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .commands import serve
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rerank-sidecar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve.register(sub)
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of rerank-sidecar, one module each."""

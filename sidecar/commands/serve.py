@@ -1,0 +1,38 @@
+"""`rerank-sidecar serve`: run the proxy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .. import logs
+from ..app import SERVER_ARGS, create_app
+from .settings_args import add_settings_flags, settings_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("serve", help="run the reranking proxy")
+    add_settings_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    log.info("rerank-sidecar on http://%s -> %s", settings.listen, settings.upstream)
+    web.run_app(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        print=None,
+        **SERVER_ARGS,
+    )
+    return 0

@@ -1,0 +1,51 @@
+"""Flags generated from the Settings model, so every flag is also an env var and a YAML key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn, get_args, get_origin
+
+from pydantic import ValidationError
+
+from ..config import ConfigFileError, Settings
+
+_COMPOUND = (dict, tuple, list)
+
+
+def _is_flag(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in _COMPOUND or annotation in _COMPOUND:
+        return False
+    return not any(get_origin(a) in _COMPOUND for a in get_args(annotation))
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        if not _is_flag(field.annotation):
+            continue
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": field.description}
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        parser.add_argument(flag, **kwargs)
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Flags > SIDECAR_* environment > YAML file > defaults. Bad config exits with code 2 and one line."""
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    given.update(overrides)
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "settings"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        _fail(f"config error: {key}: {err['msg']} (got {err.get('input')!r}){more}")
+    except ConfigFileError as e:
+        _fail(str(e))
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"rerank-sidecar: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,163 @@
+"""Settings: one frozen tree, from flags > environment (``SIDECAR_*``) > YAML file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ScoreMode = Literal["replace", "normalize", "combine"]
+CombineMode = Literal["total", "multiply", "avg", "max", "min"]
+ModelKind = Literal["auto", "cross-encoder", "bi-encoder"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScoringOptions(_Frozen):
+    """How model scores become hit scores; set per rule and overridable per request."""
+
+    score_mode: ScoreMode = Field("replace", description="replace, normalize (ES: max(s,0)+min(exp(s),1)) or combine")
+    combine_mode: CombineMode = Field("total", description="with score_mode=combine: how engine and model scores mix")
+    query_weight: float = Field(1.0, description="with combine: weight of the engine's score")
+    rerank_weight: float = Field(1.0, description="with combine: weight of the model's score")
+    min_score: float | None = Field(None, description="drop reranked hits whose final score is below this")
+
+
+class Rule(ScoringOptions):
+    """Drop-in rule: searches on matching indices are reranked without any change to the application."""
+
+    index: str = Field(description="index pattern(s) as requests name them: 'docs*', 'a,b', an alias")
+    fields: tuple[str, ...] = Field(("text",), description="document fields scored, in order (dotted paths)")
+    window_size: int = Field(100, ge=1, description="BM25 candidates fetched and reranked")
+    model: str | None = Field(None, description="named model from `models`; default model when unset")
+    separator: str = Field("\n", description="joins the fields' values into one text")
+    array_mode: Literal["join", "max"] = Field("join", description="array values: joined, or each scored, max kept")
+
+
+class ModelSpec(_Frozen):
+    """A model that rules and `inference_id` may name."""
+
+    path: str = Field(description="hub id (uses the HF cache, honours HF_HUB_OFFLINE) or a local folder")
+    kind: ModelKind = Field("auto", description="auto: a sentence-transformers folder (modules.json) is a bi-encoder")
+    label: int | str | None = Field(None, description="for classifiers with several labels: which label scores")
+    activation: Literal["none", "sigmoid", "softmax"] = Field("none", description="applied to the chosen logit")
+    max_length: int | None = Field(None, ge=8, le=8192, description="token limit per pair; default: model's, <=512")
+
+
+class Settings(BaseSettings):
+    """Every field is a flag (`--field-name`), an environment variable (`SIDECAR_FIELD_NAME`) and a YAML key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIDECAR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    config: Path | None = Field(None, description="YAML file with any of these keys")
+    upstream: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:9200"), description="the one engine behind us")
+    listen: str = Field("127.0.0.1:8080", description="host:port to serve on")
+    compat_media_types: bool = Field(
+        False,
+        description="rewrite application/vnd.elasticsearch+json media types to application/json for an "
+        "OpenSearch upstream (and back on replies), so the official elasticsearch client works",
+    )
+    pool_size: int = Field(256, ge=1, description="max open connections to the upstream")
+    connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
+    upstream_timeout_s: float = Field(60.0, gt=0, description="max wait for upstream bytes (first byte and between)")
+    retry_deadline_s: float = Field(10.0, ge=0, description="total time idempotent reads may spend retrying")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
+    max_search_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest intercepted search body")
+    max_window: int = Field(1000, ge=1, description="largest candidate window one search may ask for")
+    admin_token: SecretStr | None = Field(None, description="if set, /_sidecar/* except health needs this bearer")
+    model: str = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="default model: hub id or local path")
+    model_kind: ModelKind = Field("auto", description="kind of the default model")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="named models for rules/inference_id")
+    rules: tuple[Rule, ...] = Field((), description="drop-in rerank rules")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto: fp16 on CUDA, int8 dynamic quantization on CPU"
+    )
+    max_length: int | None = Field(None, ge=8, le=8192, description="default token limit per pair")
+    batch_tokens: int = Field(2048, ge=64, description="token budget of one model batch (padded tokens)")
+    max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests' pairs")
+    queue_pairs: int = Field(20000, ge=1, description="max pairs waiting for the model")
+    score_cache_entries: int = Field(100_000, ge=0, description="LRU entries of (model, query, doc) scores")
+    token_cache_entries: int = Field(100_000, ge=0, description="LRU entries of tokenized documents")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_path(init_settings, env_settings)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file is not None:
+            sources.append(_StrictYaml(settings_cls, config_file))
+        return tuple(sources)
+
+
+class ConfigFileError(ValueError):
+    """The YAML file cannot be read or is not a mapping."""
+
+
+class _StrictYaml(YamlConfigSettingsSource):
+    """A YAML source that fails loudly: a missing file or a non-mapping is an error, not 'no settings'."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        try:
+            path.read_bytes()
+        except OSError as e:
+            raise ConfigFileError(f"config: cannot read {path}: {e.strerror or e}") from e
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        import yaml
+
+        try:
+            data = yaml.safe_load(file_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigFileError(f"config: {file_path} is not valid YAML: {e}".replace("\n", " ")) from e
+        if not isinstance(data, dict):
+            raise ConfigFileError(f"config: {file_path} must hold a mapping of settings")
+        return data
+
+
+def _config_path(init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource) -> Path | None:
+    if isinstance(init, InitSettingsSource) and init.init_kwargs.get("config"):
+        return Path(init.init_kwargs["config"])
+    value = env()
+    return Path(value["config"]) if value.get("config") else None

@@ -1,0 +1,108 @@
+"""Pure header rules of a reverse proxy: hop-by-hop removal, forwarding, vendor media types."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded upstream: we answer Expect ourselves, and Host/X-Forwarded-* are ours to set.
+_NOT_UPSTREAM = frozenset({"host", "expect", "x-forwarded-host"})
+
+_VENDOR = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)\s*(?:;\s*compatible-with\s*=\s*(\d+))?", re.I)
+
+
+def _without_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+    drop = HOP_BY_HOP | named
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], *, host: str, client_ip: str | None, scheme: str, compat: bool
+) -> CIMultiDict[str]:
+    """Headers for the upstream: everything the client sent, minus hop-by-hop, plus Host and X-Forwarded-*."""
+    out = _without_hop_by_hop(incoming)
+    for name in _NOT_UPSTREAM:
+        out.popall(name, None)
+    out["Host"] = host
+    if client_ip:
+        prior = incoming.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
+    out.setdefault("X-Forwarded-Proto", scheme)
+    if compat:
+        for name in ("Content-Type", "Accept"):
+            if name in out:
+                out[name] = plain_media_type(out[name])
+    return out
+
+
+def client_response_headers(
+    upstream: CIMultiDictProxy[str], *, compat_accept: str | None = None, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Headers for the client: the engine's, minus hop-by-hop and whatever the caller recomputes."""
+    out = _without_hop_by_hop(upstream)
+    for name in drop:
+        out.popall(name, None)
+    if compat_accept and "Content-Type" in out:
+        out["Content-Type"] = vendor_media_type(out["Content-Type"], compat_accept)
+    return out
+
+
+def plain_media_type(value: str) -> str:
+    """application/vnd.elasticsearch+json; compatible-with=9 -> application/json (ndjson alike)."""
+    return _VENDOR.sub(lambda m: f"application/{m.group(1).lower()}", value)
+
+
+def compat_version(accept: str | None) -> str | None:
+    """The compatible-with version a vendor Accept header asks for, if any."""
+    if not accept:
+        return None
+    m = _VENDOR.search(accept)
+    return m.group(2) if m and m.group(2) else None
+
+
+def vendor_media_type(content_type: str, version: str) -> str:
+    """application/json[; charset] -> the vendor type the client asked for."""
+    base = content_type.split(";", 1)[0].strip().lower()
+    if base == "application/json":
+        return f"application/vnd.elasticsearch+json;compatible-with={version}"
+    if base == "application/x-ndjson":
+        return f"application/vnd.elasticsearch+x-ndjson;compatible-with={version}"
+    return content_type
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """JSON as either engine spells it; absent Content-Type counts as JSON, as the engines assume."""
+    if not content_type:
+        return True
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in ("application/json", "application/vnd.elasticsearch+json", "text/plain")
+
+
+def is_ndjson_media_type(content_type: str | None) -> bool:
+    if not content_type:
+        return True
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base in (
+        "application/x-ndjson",
+        "application/vnd.elasticsearch+x-ndjson",
+        "application/json",
+        "application/vnd.elasticsearch+json",
+        "text/plain",
+    )

@@ -1,0 +1,30 @@
+"""Prometheus metrics, one registry per application (never the process-global default)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sidecar_requests", "Requests served", ["route", "status"], registry=r)
+        self.upstream_seconds = Histogram(
+            "sidecar_upstream_seconds", "Time to the engine's reply headers", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.rerank_seconds = Histogram("sidecar_rerank_seconds", "Model time per search", buckets=_LATENCY, registry=r)
+        self.window = Histogram(
+            "sidecar_rerank_window", "Hits scored per search", buckets=(10, 25, 50, 100, 200, 500, 1000), registry=r
+        )
+        self.batch_pairs = Histogram(
+            "sidecar_batch_pairs", "Pairs per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
+        )
+        self.queue_pairs = Gauge("sidecar_queue_pairs", "Pairs waiting for the model", registry=r)
+        self.cache = Counter("sidecar_score_cache", "Score cache lookups", ["result"], registry=r)
+        self.rerank = Counter("sidecar_rerank", "Searches by rerank outcome", ["outcome", "reason"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

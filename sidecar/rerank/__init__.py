@@ -1,0 +1,1 @@
+"""Reranking: the service that orchestrates a rerank, the batcher, the scorers and their caches."""

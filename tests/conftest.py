@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from osmem_server import OsmemServer
+
+from sidecar.config import Settings
+from sidecar.rerank.scorer import Scorer
+
+from .servers import Http, SidecarThread
+
+
+@pytest.fixture(scope="session")
+def osmem() -> Iterator[OsmemServer]:
+    """One real osmem-server process for the session; tests take a fresh clone each."""
+    server = OsmemServer.start(japanese=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def engine(osmem: OsmemServer) -> Iterator[str]:
+    """URL of a fresh, empty engine (an osmem clone on its own port)."""
+    clone = osmem.clone()
+    yield clone.url
+    clone.close()
+
+
+@pytest.fixture
+def http() -> Http:
+    return Http()
+
+
+@pytest.fixture
+def make_sidecar() -> Iterator[Callable[..., SidecarThread]]:
+    started: list[SidecarThread] = []
+
+    def make(upstream: str, scorer: Scorer | None = None, **settings: Any) -> SidecarThread:
+        server = SidecarThread(Settings(upstream=upstream, **settings), scorer=scorer).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def sidecar(engine: str, make_sidecar: Callable[..., SidecarThread]) -> SidecarThread:
+    return make_sidecar(engine)

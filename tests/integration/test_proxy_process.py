@@ -1,0 +1,96 @@
+"""The sidecar as its own process: streaming memory, graceful shutdown, config errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..servers import Http, ThreadServer, echo_app, peak_rss_kb, rss_kb, sidecar_process
+
+DOC = json.dumps({"n": 1, "blob": "lorem ipsum dolor sit amet " * 370})  # ~10 KB
+ACTION = b'{"index":{}}\n'
+
+
+def _bulk_body(n_docs: int) -> Iterator[bytes]:
+    line = ACTION + DOC.encode() + b"\n"
+    batch = line * 100
+    for _ in range(n_docs // 100):
+        yield batch
+
+
+def test_100mb_bulk_streams_with_bounded_memory(engine: str, http: Http) -> None:
+    http("PUT", engine + "/big", {"mappings": {"properties": {"blob": {"type": "text", "index": False}}}})
+    # The engine's http.max_content_length is 100 MiB (as Elasticsearch's default): stay between the two.
+    n_docs = 10_200
+    size = n_docs * (len(ACTION) + len(DOC) + 1)
+    assert 100 * 10**6 <= size < 100 * 2**20
+    with sidecar_process(engine) as (proc, url):
+        http("GET", url + "/")  # warm: imports and pools are in place before we measure
+        before = rss_kb(proc.pid)
+        r = http("POST", url + "/big/_bulk", _bulk_body(n_docs), headers={"Content-Type": "application/x-ndjson"},
+                 chunked=True, preload_content=False)
+        # Read the (large) bulk reply in pieces, too.
+        errors = b'"errors":false' in r.read(200)
+        for _ in r.stream(1 << 16):
+            pass
+        assert r.status == 200 and errors, r.status
+        peak = peak_rss_kb(proc.pid)
+    http("POST", engine + "/big/_refresh")
+    assert json.loads(http("GET", engine + "/big/_count").data)["count"] == n_docs
+    growth_mb = (peak - before) / 1024
+    print(f"bulk {size / 1e6:.0f} MB through the sidecar: peak RSS grew {growth_mb:.1f} MB")
+    assert growth_mb < 50
+
+
+def test_sigterm_lets_in_flight_requests_finish(http: Http) -> None:
+    seen: list[dict[str, Any]] = []
+    with ThreadServer(echo_app(seen, delay=1.5)) as up, sidecar_process(up.url) as (proc, url):
+        result: dict[str, Any] = {}
+
+        def call() -> None:
+            r = http("GET", url + "/slow/_doc/1")
+            result["status"], result["body"] = r.status, r.data
+
+        t = threading.Thread(target=call)
+        t.start()
+        while not seen:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=10)
+        assert result["status"] == 200 and json.loads(result["body"])["raw_path"] == "/slow/_doc/1"
+        assert proc.wait(timeout=10) == 0
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "sidecar", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad_key = tmp_path / "a.yaml"
+    bad_key.write_text("upstream: http://127.0.0.1:9200\nwindow: 3\n")
+    bad_value = tmp_path / "b.yaml"
+    bad_value.write_text("pool_size: many\n")
+    cases = [
+        (["--config", str(bad_key)], "window"),
+        (["--config", str(bad_value)], "pool_size"),
+        (["--config", str(tmp_path / "missing.yaml")], "cannot read"),
+        (["--listen", "nowhere"], "listen"),
+        (["--upstream", "ftp://x"], "upstream"),
+    ]
+    for args, needle in cases:
+        done = _serve(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], done.stderr
+    done = _serve(env={"SIDECAR_MAX_WINDOW": "-3"})
+    assert done.returncode == 2 and "max_window" in done.stderr

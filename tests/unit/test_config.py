@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from sidecar.commands.settings_args import add_settings_flags, settings_from_args
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_flag_beats_env_beats_yaml_beats_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("listen: 127.0.0.1:1111\npool_size: 7\nmax_window: 300\nrules:\n  - index: 'docs*'\n")
+    monkeypatch.setenv("SIDECAR_POOL_SIZE", "8")
+    monkeypatch.setenv("SIDECAR_MAX_WINDOW", "400")
+    s = settings_from_args(_parse("--config", str(cfg), "--max-window", "500"))
+    assert s.listen == "127.0.0.1:1111"  # yaml only
+    assert s.pool_size == 8  # env over yaml
+    assert s.max_window == 500  # flag over env
+    assert s.connect_timeout_s == 5.0  # default
+    assert s.rules[0].index == "docs*" and s.rules[0].window_size == 100
+
+
+def test_config_file_from_env_and_bool_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("compat_media_types: true\n")
+    monkeypatch.setenv("SIDECAR_CONFIG", str(cfg))
+    assert settings_from_args(_parse()).compat_media_types is True
+    assert settings_from_args(_parse("--no-compat-media-types")).compat_media_types is False
+
+
+def test_unknown_yaml_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("rules:\n  - index: x\n    feilds: [a]\n")
+    with pytest.raises(SystemExit) as info:
+        settings_from_args(_parse("--config", str(cfg)))
+    assert info.value.code == 2
+    assert "rules.0.feilds" in capsys.readouterr().err
