@@ -21,8 +21,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Never forwarded upstream: we answer Expect ourselves, and Host/X-Forwarded-* are ours to set.
-_NOT_UPSTREAM = frozenset({"host", "expect", "x-forwarded-host"})
+# Never forwarded upstream: we answer Expect ourselves, Host/X-Forwarded-* are ours to set, X-Rerank is ours.
+_NOT_UPSTREAM = frozenset({"host", "expect", "x-forwarded-host", "x-rerank"})
 
 _VENDOR = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)\s*(?:;\s*compatible-with\s*=\s*(\d+))?", re.I)
 

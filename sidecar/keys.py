@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 SETTINGS = web.AppKey("settings", Settings)
 UPSTREAM = web.AppKey("upstream", Upstream)
-METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
-RERANK: web.AppKey["RerankService"] = web.AppKey("rerank")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+RERANK: web.AppKey[RerankService] = web.AppKey("rerank")
 
 # Per-request notes for the access log and metrics.
 ROUTE = web.RequestKey("route", str)

@@ -13,14 +13,24 @@ class Metrics:
         r = self.registry
         self.requests = Counter("sidecar_requests", "Requests served", ["route", "status"], registry=r)
         self.upstream_seconds = Histogram(
-            "sidecar_upstream_seconds", "Time to the engine's reply headers", ["route"], buckets=_LATENCY, registry=r
+            "sidecar_upstream_seconds",
+            "Time to the engine's reply headers",
+            ["route"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.rerank_seconds = Histogram("sidecar_rerank_seconds", "Model time per search", buckets=_LATENCY, registry=r)
         self.window = Histogram(
-            "sidecar_rerank_window", "Hits scored per search", buckets=(10, 25, 50, 100, 200, 500, 1000), registry=r
+            "sidecar_rerank_window",
+            "Hits scored per search",
+            buckets=(10, 25, 50, 100, 200, 500, 1000),
+            registry=r,
         )
         self.batch_pairs = Histogram(
-            "sidecar_batch_pairs", "Pairs per model batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r
+            "sidecar_batch_pairs",
+            "Pairs per model batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
         )
         self.queue_pairs = Gauge("sidecar_queue_pairs", "Pairs waiting for the model", registry=r)
         self.cache = Counter("sidecar_score_cache", "Score cache lookups", ["result"], registry=r)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .headers import client_response_headers, compat_version, upstream_request_headers
 from .keys import SETTINGS, UPSTREAM
@@ -29,7 +29,7 @@ def is_retryable(method: str, path: str) -> bool:
     return False
 
 
-def upstream_headers(request: web.Request) -> aiohttp.typedefs.LooseHeaders:
+def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     settings = request.app[SETTINGS]
     return upstream_request_headers(
         request.headers,
@@ -58,27 +58,39 @@ async def request_body(request: web.Request, limit: int) -> tuple[Body, bool]:
     return request.content, False
 
 
-async def forward(request: web.Request, body: Body | None = None, *, buffered: bool = False) -> web.StreamResponse:
-    """Send the request upstream (its own body, or ``body`` already read) and stream the reply."""
+async def forward(
+    request: web.Request,
+    body: bytes | None = None,
+    *,
+    buffered: bool = False,
+    rewritten: bool = False,
+    extra_headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Send the request upstream and stream the reply back.
+
+    The body is the request's own, streamed; or ``body`` when the caller already read it (``buffered``),
+    and replaced it with its own bytes (``rewritten``: uncompressed JSON of a new length).
+    """
     settings = request.app[SETTINGS]
+    send: Body
     if buffered:
-        retry = is_retryable(request.method, request.path)
+        send, retry = body, is_retryable(request.method, request.path)
     else:
-        body, retry = await request_body(request, settings.max_search_body_bytes)
+        send, retry = await request_body(request, settings.max_search_body_bytes)
     headers = upstream_headers(request)
-    async with request.app[UPSTREAM].request(
-        request.method, request.raw_path, headers, body, retry=retry
-    ) as resp:
-        out = web.StreamResponse(
-            status=resp.status,
-            reason=resp.reason,
-            headers=client_response_headers(resp.headers, compat_accept=reply_compat_version(request)),
-        )
+    if rewritten:
+        headers.popall("Content-Encoding", None)
+        headers["Content-Length"] = str(len(body or b""))
+        headers.setdefault("Content-Type", "application/json")
+    async with request.app[UPSTREAM].request(request.method, request.raw_path, headers, send, retry=retry) as resp:
+        reply_headers = client_response_headers(resp.headers, compat_accept=reply_compat_version(request))
+        reply_headers.update(extra_headers or {})
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=reply_headers)
         await out.prepare(request)
         try:
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 await out.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             # The status is already sent: never turn a half-received reply into a different one.
             # Cutting the connection makes the client see a truncated body, as it would from the engine.
             log.warning("upstream broke off mid-reply on %s %s: %s", request.method, request.path, type(e).__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -89,7 +88,7 @@ class Upstream:
         try:
             async with self._session.request(method, self.url(path_qs), json=body, headers=headers, timeout=t) as resp:
                 return resp.status, await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             raise UpstreamUnavailable(f"upstream {self.origin} did not answer: {type(e).__name__}") from e
 
 
@@ -108,7 +107,7 @@ async def _send(
         )
     except aiohttp.ConnectionTimeoutError as e:
         raise UpstreamUnavailable(f"cannot connect to the upstream engine: {type(e).__name__}") from e
-    except asyncio.TimeoutError as e:
+    except TimeoutError as e:
         raise UpstreamTimeout(f"upstream did not answer within the timeout ({url.path})") from e
     except aiohttp.ClientConnectionError as e:
         raise UpstreamUnavailable(f"cannot reach the upstream engine: {type(e).__name__}") from e

@@ -118,12 +118,13 @@ class Http:
     def __init__(self) -> None:
         self.pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=120))
 
-    def __call__(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-                 **kw: Any) -> urllib3.BaseHTTPResponse:
+    def __call__(
+        self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> urllib3.BaseHTTPResponse:
         import json as _json
 
         hdrs = dict(headers or {})
-        if body is not None and not isinstance(body, (bytes, str)) and not hasattr(body, "__iter__") or isinstance(
+        if (body is not None and not isinstance(body, (bytes, str)) and not hasattr(body, "__iter__")) or isinstance(
             body, dict
         ):
             body = _json.dumps(body).encode()

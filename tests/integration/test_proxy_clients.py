@@ -28,20 +28,31 @@ def _reads(client: Any, index: str, *, es: bool) -> dict[str, Any]:
         "msearch": dict(
             client.msearch(body=[{"index": index}, body, {"index": index}, {"query": {"match_all": {}}, "size": 2}])
             if not es
-            else client.msearch(searches=[{"index": index}, body, {"index": index}, {"query": {"match_all": {}}, "size": 2}])
+            else client.msearch(
+                searches=[{"index": index}, body, {"index": index}, {"query": {"match_all": {}}, "size": 2}]
+            )
         ),
-        "mget": dict(client.mget(index=index, body={"ids": ["1", "2", "nope"]}) if not es
-                     else client.mget(index=index, ids=["1", "2", "nope"])),
+        "mget": dict(
+            client.mget(index=index, body={"ids": ["1", "2", "nope"]})
+            if not es
+            else client.mget(index=index, ids=["1", "2", "nope"])
+        ),
         "exists": bool(client.indices.exists(index=index)),
         "cat": str(client.cat.indices(index=index, h="index,docs.count")),
     }
     ids: list[str] = []
-    page = (client.search(index=index, body={"size": 1000, "sort": ["_doc"]}, scroll="1m") if not es
-            else client.search(index=index, size=1000, sort=["_doc"], scroll="1m"))
+    page = (
+        client.search(index=index, body={"size": 1000, "sort": ["_doc"]}, scroll="1m")
+        if not es
+        else client.search(index=index, size=1000, sort=["_doc"], scroll="1m")
+    )
     while page["hits"]["hits"]:
         ids += [h["_id"] for h in page["hits"]["hits"]]
-        page = client.scroll(scroll_id=page["_scroll_id"], scroll="1m") if es else client.scroll(
-            body={"scroll_id": page["_scroll_id"], "scroll": "1m"})
+        page = (
+            client.scroll(scroll_id=page["_scroll_id"], scroll="1m")
+            if es
+            else client.scroll(body={"scroll_id": page["_scroll_id"], "scroll": "1m"})
+        )
     out["scroll_ids"] = sorted(ids)
     return _strip_took(out)
 

@@ -34,8 +34,14 @@ def test_100mb_bulk_streams_with_bounded_memory(engine: str, http: Http) -> None
     with sidecar_process(engine) as (proc, url):
         http("GET", url + "/")  # warm: imports and pools are in place before we measure
         before = rss_kb(proc.pid)
-        r = http("POST", url + "/big/_bulk", _bulk_body(n_docs), headers={"Content-Type": "application/x-ndjson"},
-                 chunked=True, preload_content=False)
+        r = http(
+            "POST",
+            url + "/big/_bulk",
+            _bulk_body(n_docs),
+            headers={"Content-Type": "application/x-ndjson"},
+            chunked=True,
+            preload_content=False,
+        )
         # Read the (large) bulk reply in pieces, too.
         errors = b'"errors":false' in r.read(200)
         for _ in r.stream(1 << 16):
@@ -71,8 +77,13 @@ def test_sigterm_lets_in_flight_requests_finish(http: Http) -> None:
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "sidecar", "serve", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:

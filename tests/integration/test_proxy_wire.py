@@ -28,8 +28,12 @@ def _seed(http: Http, url: str) -> None:
     lines = []
     for i, t in enumerate(["a b c", "a b", "c d", "ünïcode wörds", "plain text"]):
         lines += [json.dumps({"index": {"_index": "docs", "_id": str(i)}}), json.dumps({"text": t})]
-    r = http("POST", url + "/_bulk?refresh=true", ("\n".join(lines) + "\n").encode(),
-             headers={"Content-Type": "application/x-ndjson"})
+    r = http(
+        "POST",
+        url + "/_bulk?refresh=true",
+        ("\n".join(lines) + "\n").encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
     assert r.status == 200 and not json.loads(r.data)["errors"]
 
 
@@ -109,8 +113,10 @@ def test_chunked_and_expect_100_continue(make_sidecar: Any) -> None:
     with ThreadServer(echo_app(seen)) as up:
         proxy = make_sidecar(up.url)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-            s.sendall(b"POST /_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
-                      b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+            s.sendall(
+                b"POST /_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n"
+            )
             assert s.recv(100).startswith(b"HTTP/1.1 100")
             payload = b'{"index":{}}\n{"a":1}\n'
             s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
@@ -139,8 +145,9 @@ def test_absolute_uri_and_dotdot_paths_stay_on_upstream(make_sidecar: Any) -> No
 def test_upstream_down_gives_502_json(make_sidecar: Any, http: Http) -> None:
     proxy = make_sidecar(f"http://127.0.0.1:{servers.free_port()}", retry_deadline_s=0.3)
     for method, path in (("GET", "/_search"), ("POST", "/idx/_doc"), ("GET", "/_cluster/health")):
-        r = http(method, proxy.url + path, b"{}" if method == "POST" else None,
-                 headers={"Content-Type": "application/json"})
+        r = http(
+            method, proxy.url + path, b"{}" if method == "POST" else None, headers={"Content-Type": "application/json"}
+        )
         assert r.status == 502
         body = json.loads(r.data)
         assert body["status"] == 502 and body["error"]["type"] and body["error"]["root_cause"]
@@ -182,8 +189,14 @@ class _DropAfterForward:
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
                 head, _, rest = data.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 up.sendall(head + b"\r\n\r\n" + rest)
@@ -214,8 +227,11 @@ def test_write_is_not_retried_when_the_connection_drops(engine: str, make_sideca
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/kbn/_async_search?batched_reduce_size=64&wait_for_completion_timeout=100ms&keep_on_completion=false",
-         {"query": {"match_all": {}}, "size": 0, "aggs": {"t": {"terms": {"field": "tag"}}}}),
+        (
+            "POST",
+            "/kbn/_async_search?batched_reduce_size=64&wait_for_completion_timeout=100ms&keep_on_completion=false",
+            {"query": {"match_all": {}}, "size": 0, "aggs": {"t": {"terms": {"field": "tag"}}}},
+        ),
         ("GET", "/_async_search/FmRldE8zREVEUzA2ZVpUeGs2ejJFUFEaMkZ5QTVrSTZSaVN3WlNFVmtlWHJsdzoxMDc=", None),
         ("GET", "/kbn/_field_caps?fields=*&allow_no_indices=true&ignore_unavailable=true", None),
         ("GET", "/_resolve/index/kb*?expand_wildcards=all", None),
@@ -246,7 +262,9 @@ def test_kibana_msearch_with_rest_total_hits_as_int(engine: str, sidecar: Any, h
     )
     path = "/_msearch?rest_total_hits_as_int=true&ignore_throttled=false"
     headers = {"Content-Type": "application/x-ndjson", "kbn-version": "9.1.0", "X-Opaque-Id": "k1"}
-    direct, proxied = http("POST", engine + path, body, headers=headers), http("POST", sidecar.url + path, body,
-                                                                             headers=headers)
+    direct, proxied = (
+        http("POST", engine + path, body, headers=headers),
+        http("POST", sidecar.url + path, body, headers=headers),
+    )
     _same(direct, proxied)
     assert json.loads(proxied.data)["responses"][0]["hits"]["total"] == 2

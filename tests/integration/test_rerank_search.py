@@ -1,0 +1,383 @@
+"""Reranked _search through the sidecar, osmem as the engine, a deterministic scorer as the unit seam."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from typing import Any
+
+import pytest
+
+from sidecar.config import Rule
+
+from ..fakes import KeyScorer, key_score
+from ..servers import Http
+
+WORDS = ["apple", "banana", "cherry", "durian", "elder", "fig", "grape"]
+
+
+@pytest.fixture
+def corpus(engine: str, http: Http) -> str:
+    http(
+        "PUT",
+        engine + "/docs",
+        {
+            "mappings": {
+                "properties": {
+                    "title": {"type": "text"},
+                    "text": {"type": "text"},
+                    "n": {"type": "integer"},
+                    "tag": {"type": "keyword"},
+                    "meta": {"properties": {"lang": {"type": "keyword"}}},
+                }
+            }
+        },
+    )
+    lines = []
+    for i in range(80):
+        doc = {
+            "title": f"title {i}",
+            "text": f"apple {WORDS[i % 7]} {WORDS[(i * 3) % 7]} apple{'s' * (i % 4)} doc {i}",
+            "n": i,
+            "tag": "even" if i % 2 == 0 else "odd",
+            "meta": {"lang": "en"},
+        }
+        lines += [json.dumps({"index": {"_index": "docs", "_id": str(i)}}), json.dumps(doc)]
+    r = http(
+        "POST",
+        engine + "/_bulk?refresh=true",
+        ("\n".join(lines) + "\n").encode(),
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert not json.loads(r.data)["errors"]
+    return engine
+
+
+def _rule(**kw: Any) -> Rule:
+    return Rule(
+        index=kw.pop("index", "docs*"), fields=kw.pop("fields", ("text",)), window_size=kw.pop("window_size", 50), **kw
+    )
+
+
+@pytest.fixture
+def scorer() -> KeyScorer:
+    return KeyScorer()
+
+
+@pytest.fixture
+def proxy(corpus: str, make_sidecar: Any, scorer: KeyScorer) -> Any:
+    return make_sidecar(corpus, scorer=scorer, rules=(_rule(),))
+
+
+def _search(http: Http, url: str, body: Any, path: str = "/docs/_search", **headers: str) -> tuple[Any, Any]:
+    r = http("POST", url + path, body, headers={"Content-Type": "application/json", **headers})
+    return r, json.loads(gzip.decompress(r.data) if r.headers.get("Content-Encoding") == "gzip" else r.data)
+
+
+def _expected_ids(http: Http, engine: str, query: str, window: int, field: str = "text") -> list[str]:
+    _, direct = _search(http, engine, {"query": {"match": {"text": query}}, "size": window})
+    hits = direct["hits"]["hits"]
+    order = sorted(range(len(hits)), key=lambda i: (-key_score(query, hits[i]["_source"][field]), i))
+    return [hits[i]["_id"] for i in order]
+
+
+def test_rule_reranks_in_exactly_the_scorers_order(proxy: Any, corpus: str, http: Http) -> None:
+    r, got = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "size": 10})
+    assert r.status == 200 and r.headers["X-Rerank"] == "applied"
+    assert r.headers["X-Rerank-Model"] and float(r.headers["X-Rerank-Took-Ms"]) >= 0
+    expected = _expected_ids(http, corpus, "apple", 50)
+    assert [h["_id"] for h in got["hits"]["hits"]] == expected[:10]
+    assert got["hits"]["max_score"] == got["hits"]["hits"][0]["_score"]
+    assert got["hits"]["hits"][0]["_score"] == pytest.approx(
+        key_score("apple", got["hits"]["hits"][0]["_source"]["text"])
+    )
+    _, direct = _search(http, corpus, {"query": {"match": {"text": "apple"}}, "size": 10})
+    assert got["hits"]["total"] == direct["hits"]["total"] and got["_shards"] == direct["_shards"]
+    assert [h["_id"] for h in direct["hits"]["hits"]] != expected[:10]  # the test could fail
+
+
+def test_pages_are_disjoint_and_cover_the_window_in_order(proxy: Any, corpus: str, http: Http) -> None:
+    ids: list[str] = []
+    for page in range(5):
+        r, got = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "from": page * 10, "size": 10})
+        assert r.headers["X-Rerank"] == "applied"
+        ids += [h["_id"] for h in got["hits"]["hits"]]
+    assert ids == _expected_ids(http, corpus, "apple", 50)
+    assert len(set(ids)) == 50
+    # URL parameters page the same way.
+    r = http("GET", proxy.url + "/docs/_search?q=apple&from=10&size=10")
+    assert [h["_id"] for h in json.loads(r.data)["hits"]["hits"]] == ids[10:20]
+
+
+def test_ext_rerank_with_text_and_path(corpus: str, make_sidecar: Any, http: Http) -> None:
+    proxy = make_sidecar(corpus, scorer=KeyScorer())  # no rule: ext alone triggers
+    body = {
+        "query": {"match": {"text": {"query": "apple"}}},
+        "size": 5,
+        "ext": {"rerank": {"query_context": {"query_text_path": "query.match.text.query"}, "window_size": 50}},
+    }
+    r, got = _search(http, proxy.url, body)
+    assert r.status == 200 and r.headers["X-Rerank"] == "applied", got
+    assert [h["_id"] for h in got["hits"]["hits"]] == _expected_ids(http, corpus, "apple", 50)[:5]
+    body["ext"] = {"rerank": {"query_context": {"query_text": "banana"}, "window_size": 50, "fields": ["title"]}}
+    r, got = _search(http, proxy.url, body)
+    _, direct = _search(http, corpus, {"query": {"match": {"text": "apple"}}, "size": 50})
+    hits = direct["hits"]["hits"]
+    order = sorted(range(50), key=lambda i: (-key_score("banana", hits[i]["_source"]["title"]), i))
+    assert [h["_id"] for h in got["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+
+
+def test_retriever_syntax_reranks_and_carries_standard_keys(corpus: str, make_sidecar: Any, http: Http) -> None:
+    proxy = make_sidecar(corpus, scorer=KeyScorer(models=("default", "mini")))
+    body = {
+        "size": 5,
+        "retriever": {
+            "text_similarity_reranker": {
+                "retriever": {"standard": {"query": {"match": {"text": "apple"}}, "filter": {"term": {"tag": "even"}}}},
+                "field": "text",
+                "inference_text": "apple",
+                "rank_window_size": 30,
+                "inference_id": "mini",
+            }
+        },
+    }
+    r, got = _search(http, proxy.url, body)
+    assert r.status == 200 and r.headers["X-Rerank"] == "applied" and r.headers["X-Rerank-Model"] == "mini", got
+    _, direct = _search(
+        http,
+        corpus,
+        {
+            "query": {"bool": {"must": [{"match": {"text": "apple"}}], "filter": [{"term": {"tag": "even"}}]}},
+            "size": 30,
+        },
+    )
+    hits = direct["hits"]["hits"]
+    order = sorted(range(len(hits)), key=lambda i: (-key_score("apple", hits[i]["_source"]["text"]), i))
+    assert [h["_id"] for h in got["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+    assert all(h["_source"]["tag"] == "even" for h in got["hits"]["hits"])
+
+    body["retriever"]["text_similarity_reranker"]["inference_id"] = "nope"
+    r, err = _search(http, proxy.url, body)
+    assert r.status == 400 and err["status"] == 400 and "nope" in err["error"]["reason"]
+    assert err["error"]["root_cause"][0]["type"] == err["error"]["type"]
+
+
+def test_non_standard_inner_retriever_goes_to_the_engine_as_is(proxy: Any, corpus: str, http: Http) -> None:
+    body = {
+        "retriever": {
+            "text_similarity_reranker": {
+                "retriever": {"rrf": {"retrievers": []}},
+                "field": "text",
+                "inference_text": "apple",
+            }
+        }
+    }
+    r, got = _search(http, proxy.url, body)
+    direct = http("POST", corpus + "/docs/_search", body)
+    assert (r.status, r.data) == (direct.status, direct.data)
+    assert r.headers["X-Rerank"] == "skipped; reason=retriever_not_standard"
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "reason"),
+    [
+        ({"query": {"match": {"text": "apple"}}, "sort": [{"n": "asc"}]}, "/docs/_search", "sort"),
+        ({"query": {"match": {"text": "apple"}}, "size": 3}, "/docs/_search?scroll=1m", "scroll"),
+        (
+            {"query": {"match": {"text": "apple"}}, "sort": [{"n": "asc"}], "search_after": [5]},
+            "/docs/_search",
+            "search_after",
+        ),
+        ({"query": {"match": {"text": "apple"}}, "search_after": [1.0]}, "/docs/_search", "search_after"),
+        ({"query": {"match": {"text": "apple"}}, "collapse": {"field": "tag"}}, "/docs/_search", "collapse"),
+        (
+            {"query": {"match": {"text": "apple"}}, "size": 0, "aggs": {"t": {"terms": {"field": "tag"}}}},
+            "/docs/_search",
+            "size_0",
+        ),
+        ({"query": {"match": {"text": "apple"}}, "from": 1000, "size": 10}, "/docs/_search", "from_past_window"),
+        ({"query": {"match_all": {}}}, "/docs/_search", "no_query_text"),
+        ({"query": {"term": {"tag": "even"}}}, "/docs/_search", "no_query_text"),
+        ({"query": {"match": {"text": "apple"}}}, "/other*/_search", "no_rule"),
+        ({"query": {"match": {"text": "apple"}}}, "/docs/_search?filter_path=hits.hits._id", "filter_path"),
+    ],
+)
+def test_pass_through_cases_are_byte_identical(
+    proxy: Any, corpus: str, http: Http, body: Any, path: str, reason: str
+) -> None:
+    if "other" in path:
+        http("PUT", corpus + "/other1", {})
+    raw = json.dumps(body).encode()
+    direct = http("POST", corpus + path, raw, headers={"Content-Type": "application/json"})
+    via = http("POST", proxy.url + path, raw, headers={"Content-Type": "application/json"})
+    if "scroll" in path:  # scroll ids differ per request; the hits must not
+        d, v = json.loads(direct.data), json.loads(via.data)
+        assert d["hits"] == v["hits"]
+    else:
+        assert (via.status, _untimed(via.data)) == (direct.status, _untimed(direct.data))
+    assert via.headers["X-Rerank"] == f"skipped; reason={reason}"
+
+
+def test_opt_out_header_and_ext_stripped(proxy: Any, corpus: str, http: Http, scorer: KeyScorer) -> None:
+    body = {"query": {"match": {"text": "apple"}}}
+    direct = http("POST", corpus + "/docs/_search", body)
+    via = http("POST", proxy.url + "/docs/_search", body, headers={"X-Rerank": "off"})
+    assert (
+        _untimed(via.data) == _untimed(direct.data) and via.headers["X-Rerank"] == "skipped; reason=disabled_by_header"
+    )
+    with_ext = {**body, "ext": {"rerank": {"query_context": {"query_text": "apple"}}}}
+    via = http("POST", proxy.url + "/docs/_search", with_ext, headers={"X-Rerank": "off"})
+    assert via.status == 200 and _untimed(via.data) == _untimed(direct.data)  # our syntax never reached the engine
+    assert not scorer.calls
+
+
+def test_source_filtering_fields_highlight_and_aggs(proxy: Any, corpus: str, http: Http) -> None:
+    base = {"query": {"match": {"text": "apple"}}, "size": 8}
+    expected = _expected_ids(http, corpus, "apple", 50)[:8]
+    for src, keys in (
+        (["n"], {"n"}),
+        (False, None),
+        ({"excludes": ["text"]}, {"title", "n", "tag", "meta"}),
+        ({"includes": ["meta.*", "title"]}, {"meta", "title"}),
+    ):
+        r, got = _search(http, proxy.url, {**base, "_source": src})
+        assert r.headers["X-Rerank"] == "applied"
+        assert [h["_id"] for h in got["hits"]["hits"]] == expected
+        for h in got["hits"]["hits"]:
+            assert (set(h["_source"]) if "_source" in h else None) == keys, src
+    # fields, highlight and aggregations stay as the engine made them, attached to their hits
+    body = {
+        **base,
+        "fields": ["tag"],
+        "highlight": {"fields": {"text": {}}},
+        "aggs": {"t": {"terms": {"field": "tag"}}},
+    }
+    _, got = _search(http, proxy.url, body)
+    _, direct = _search(http, corpus, {**body, "size": 50})
+    by_id = {h["_id"]: h for h in direct["hits"]["hits"]}
+    for h in got["hits"]["hits"]:
+        assert h["highlight"] == by_id[h["_id"]]["highlight"] and h["fields"] == by_id[h["_id"]]["fields"]
+    assert got["aggregations"] == direct["aggregations"]
+
+
+def test_score_modes_min_score_and_explain(corpus: str, make_sidecar: Any, http: Http) -> None:
+    import math
+
+    proxy = make_sidecar(
+        corpus,
+        scorer=KeyScorer(),
+        rules=(_rule(score_mode="combine", combine_mode="total", query_weight=2.0, rerank_weight=0.5),),
+    )
+    _, direct = _search(http, corpus, {"query": {"match": {"text": "apple"}}, "size": 50})
+    engine = {h["_id"]: h for h in direct["hits"]["hits"]}
+    _, got = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "explain": True})
+    for h in got["hits"]["hits"]:
+        want = 2.0 * engine[h["_id"]]["_score"] + 0.5 * key_score("apple", engine[h["_id"]]["_source"]["text"])
+        assert h["_score"] == pytest.approx(want)
+        assert "reranked by model" in h["_explanation"]["description"]
+    body = {
+        "query": {"match": {"text": "apple"}},
+        "size": 50,
+        "ext": {"rerank": {"query_context": {"query_text": "apple"}, "score_mode": "normalize", "min_score": 50}},
+    }
+    _, got = _search(http, proxy.url, body)
+    for h in got["hits"]["hits"]:
+        s = key_score("apple", engine[h["_id"]]["_source"]["text"])
+        assert h["_score"] == pytest.approx(max(s, 0) + min(math.exp(s), 1)) and h["_score"] >= 50
+    assert 0 < len(got["hits"]["hits"]) < 50
+
+
+@pytest.mark.parametrize(
+    ("ext", "needle"),
+    [
+        ({"query_context": {}}, "exactly one"),
+        ({"query_context": {"query_text": "a", "query_text_path": "x"}}, "exactly one"),
+        ({"query_context": {"query_text_path": "query.nothing.here"}}, "does not resolve"),
+        ({"query_context": {"query_text": "a"}, "window_size": 5000}, "maximum"),
+        ({"query_context": {"query_text": "a"}, "window_size": "big"}, "window_size"),
+        ({"query_context": {"query_text": "a"}, "score_mode": "sideways"}, "score_mode"),
+        ({"query_context": {"query_text": "a"}, "bogus": 1}, "bogus"),
+        ("not an object", "must be an object"),
+    ],
+)
+def test_bad_rerank_syntax_is_400_in_engine_format(proxy: Any, http: Http, ext: Any, needle: str) -> None:
+    r, err = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "ext": {"rerank": ext}})
+    assert r.status == 400 and err["status"] == 400, err
+    assert needle in err["error"]["reason"] and err["error"]["root_cause"]
+
+
+def test_gzip_search_reranked(proxy: Any, http: Http) -> None:
+    body = gzip.compress(json.dumps({"query": {"match": {"text": "apple"}}}).encode())
+    r = http(
+        "POST",
+        proxy.url + "/docs/_search",
+        body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert r.status == 200 and r.headers["X-Rerank"] == "applied"
+
+
+def test_model_failure_falls_back_or_fails_strictly(corpus: str, make_sidecar: Any, http: Http) -> None:
+    proxy = make_sidecar(corpus, scorer=KeyScorer(fail=True), rules=(_rule(),))
+    _, direct = _search(http, corpus, {"query": {"match": {"text": "apple"}}, "from": 10, "size": 5})
+    r, got = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "from": 10, "size": 5})
+    assert r.status == 200 and r.headers["X-Rerank"] == "fallback; reason=model_error"
+    assert [h["_id"] for h in got["hits"]["hits"]] == [h["_id"] for h in direct["hits"]["hits"]]
+    strict = {
+        "query": {"match": {"text": "apple"}},
+        "ext": {"rerank": {"query_context": {"query_text": "apple"}, "allow_rerank_failures": False}},
+    }
+    r, err = _search(http, proxy.url, strict)
+    assert r.status == 503 and err["error"]["type"] == "rerank_failed_exception"
+    assert "exploded" not in json.dumps(err)  # internal error text is never echoed
+
+
+def _untimed(raw: bytes) -> bytes:
+    """The bytes with the engine's `took` blanked: two runs of one search may differ by a millisecond."""
+    return re.sub(rb'"took":\d+', b'"took":_', raw)
+
+
+def test_msearch_mixes_reranked_passed_and_failing_items(proxy: Any, corpus: str, http: Http) -> None:
+    items = [
+        ({"index": "docs"}, {"query": {"match": {"text": "apple"}}, "size": 5}),  # rule: reranked
+        ({"index": "docs"}, {"query": {"match_all": {}}, "size": 3}),  # no text: passed
+        ({"index": "missing"}, {"query": {"match": {"text": "apple"}}}),  # engine error
+        (
+            {},
+            {
+                "query": {"match": {"text": "apple"}},
+                "size": 5,
+                "ext": {"rerank": {"query_context": {"query_text": "cherry"}}},
+            },
+        ),  # path index + ext
+    ]
+    raw = b"".join(json.dumps(h).encode() + b"\n" + json.dumps(b).encode() + b"\n" for h, b in items)
+    for ctype in ("application/x-ndjson", "application/json"):
+        r = http("POST", proxy.url + "/docs/_msearch", raw, headers={"Content-Type": ctype})
+        assert r.status == 200 and r.headers["X-Rerank"].startswith("applied; items=2"), r.data
+        got = json.loads(r.data)["responses"]
+        assert len(got) == 4
+        assert [h["_id"] for h in got[0]["hits"]["hits"]] == _expected_ids(http, corpus, "apple", 50)[:5]
+        _, direct = _search(http, corpus, {"query": {"match_all": {}}, "size": 3})
+        assert got[1]["hits"]["hits"] == direct["hits"]["hits"]
+        assert got[2]["status"] == 404 and got[2]["error"]["type"] == "index_not_found_exception"
+        _, window = _search(http, corpus, {"query": {"match": {"text": "apple"}}, "size": 50})
+        hits = window["hits"]["hits"]
+        order = sorted(range(50), key=lambda i: (-key_score("cherry", hits[i]["_source"]["text"]), i))
+        assert [h["_id"] for h in got[3]["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+
+
+def test_both_official_clients_run_a_reranked_search(corpus: str, make_sidecar: Any) -> None:
+    from elasticsearch import Elasticsearch
+    from opensearchpy import OpenSearch
+
+    proxy = make_sidecar(corpus, scorer=KeyScorer(), rules=(_rule(),), compat_media_types=True)
+    http = Http()
+    expected = _expected_ids(http, corpus, "apple", 50)[:10]
+    os_hits = OpenSearch(hosts=[proxy.url]).search(index="docs", body={"query": {"match": {"text": "apple"}}})
+    es_hits = Elasticsearch(proxy.url).search(index="docs", query={"match": {"text": "apple"}})
+    assert [h["_id"] for h in os_hits["hits"]["hits"]] == expected
+    assert [h["_id"] for h in es_hits["hits"]["hits"]] == expected
+    es_msearch = Elasticsearch(proxy.url).msearch(searches=[{"index": "docs"}, {"query": {"match": {"text": "apple"}}}])
+    assert [h["_id"] for h in es_msearch["responses"][0]["hits"]["hits"]] == expected
