@@ -70,12 +70,16 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
     app[SETTINGS] = settings
     app[UPSTREAM] = Upstream(settings)
     app[METRICS] = Metrics()
+    if scorer is None:
+        from .rerank.engine import ModelScorer
+
+        scorer = ModelScorer(settings, app[METRICS])
     app[RERANK] = RerankService(settings, app[UPSTREAM], app[METRICS], scorer=scorer)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[UPSTREAM].start()
-        await app[RERANK].start()
         try:
+            await app[RERANK].start()
             yield
         finally:
             await app[RERANK].close()

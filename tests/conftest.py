@@ -9,7 +9,15 @@ from osmem_server import OsmemServer
 from sidecar.config import Settings
 from sidecar.rerank.scorer import Scorer
 
+from .fakes import KeyScorer
+from .models import build_tiny_cross_encoder
 from .servers import Http, SidecarThread
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random BERT cross-encoder saved with save_pretrained: the real loading path, fast."""
+    return str(build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce")))
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +46,9 @@ def make_sidecar() -> Iterator[Callable[..., SidecarThread]]:
     started: list[SidecarThread] = []
 
     def make(upstream: str, scorer: Scorer | None = None, **settings: Any) -> SidecarThread:
+        """The sidecar in front of ``upstream``; proxy tests that score nothing get the deterministic scorer."""
+        if scorer is None and "model" not in settings:
+            scorer = KeyScorer()
         server = SidecarThread(Settings(upstream=upstream, **settings), scorer=scorer).start()
         started.append(server)
         return server

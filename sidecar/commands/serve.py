@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from aiohttp import web
 
 from .. import logs
 from ..app import SERVER_ARGS, create_app
+from ..config import Settings
+from ..errors import ModelLoadError
 from .settings_args import add_settings_flags, settings_from_args
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,16 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     log.info("rerank-sidecar on http://%s -> %s", settings.listen, settings.upstream)
+    try:
+        _run(app, settings)
+    except ModelLoadError as e:
+        log.error("%s", e)
+        print(f"rerank-sidecar: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(app: web.Application, settings: Settings) -> None:
     web.run_app(
         app,
         host=settings.listen_host,
@@ -35,4 +48,3 @@ def run(args: argparse.Namespace) -> int:
         print=None,
         **SERVER_ARGS,
     )
-    return 0

@@ -25,13 +25,13 @@ def _bulk_body(n_docs: int) -> Iterator[bytes]:
         yield batch
 
 
-def test_100mb_bulk_streams_with_bounded_memory(engine: str, http: Http) -> None:
+def test_100mb_bulk_streams_with_bounded_memory(engine: str, http: Http, tiny_model: str) -> None:
     http("PUT", engine + "/big", {"mappings": {"properties": {"blob": {"type": "text", "index": False}}}})
     # The engine's http.max_content_length is 100 MiB (as Elasticsearch's default): stay between the two.
     n_docs = 10_200
     size = n_docs * (len(ACTION) + len(DOC) + 1)
     assert 100 * 10**6 <= size < 100 * 2**20
-    with sidecar_process(engine) as (proc, url):
+    with sidecar_process(engine, "--model", tiny_model) as (proc, url):
         http("GET", url + "/")  # warm: imports and pools are in place before we measure
         before = rss_kb(proc.pid)
         r = http(
@@ -55,9 +55,9 @@ def test_100mb_bulk_streams_with_bounded_memory(engine: str, http: Http) -> None
     assert growth_mb < 50
 
 
-def test_sigterm_lets_in_flight_requests_finish(http: Http) -> None:
+def test_sigterm_lets_in_flight_requests_finish(http: Http, tiny_model: str) -> None:
     seen: list[dict[str, Any]] = []
-    with ThreadServer(echo_app(seen, delay=1.5)) as up, sidecar_process(up.url) as (proc, url):
+    with ThreadServer(echo_app(seen, delay=1.5)) as up, sidecar_process(up.url, "--model", tiny_model) as (proc, url):
         result: dict[str, Any] = {}
 
         def call() -> None:
@@ -105,3 +105,10 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and needle in lines[0], done.stderr
     done = _serve(env={"SIDECAR_MAX_WINDOW": "-3"})
     assert done.returncode == 2 and "max_window" in done.stderr
+
+
+def test_missing_model_is_one_clear_message(tmp_path: Path) -> None:
+    done = _serve("--model", str(tmp_path / "no-such-model"), env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no-such-model" in last and "local copy" in last and "Traceback" not in done.stderr

@@ -1,0 +1,195 @@
+"""Loading models and running them: the only module that imports torch and transformers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from ..config import ModelSpec
+from ..errors import ModelLoadError
+from .batching import plan_batches
+from .tokens import PairEncoder
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(setting: str) -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU."""
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def choose_precision(setting: str, device: torch.device) -> str:
+    """auto: fp16 on CUDA (bf16 where the GPU has it is a setting), int8 dynamic quantization on CPU."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "int8"
+
+
+def detect_kind(path: str, forced: str) -> str:
+    if forced != "auto":
+        return forced
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return "bi-encoder" if (folder / "modules.json").exists() else "cross-encoder"
+    try:  # a hub id: look in the HF cache (or the hub, unless HF_HUB_OFFLINE) for a sentence-transformers layout
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(path, "modules.json")
+        return "bi-encoder"
+    except Exception:
+        return "cross-encoder"
+
+
+def _mean_pooling_only(folder: Path) -> None:
+    """Refuse a sentence-transformers folder whose pooling we would not reproduce (CLS, max...)."""
+    modules = json.loads((folder / "modules.json").read_text())
+    for module in modules:
+        if module.get("type", "").endswith("Pooling"):
+            cfg = json.loads((folder / module["path"] / "config.json").read_text())
+            if not cfg.get("pooling_mode_mean_tokens", False):
+                raise ModelLoadError(f"{folder}: only mean pooling is supported for bi-encoders, got {cfg}")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    kind: str
+    device: torch.device
+    precision: str
+    model: Any
+    encoder: PairEncoder
+    label: int | None
+    activation: str
+
+    # -- forward passes (run in the model's worker thread, never on the event loop) ----------------------
+
+    @torch.inference_mode()
+    def score(self, query: str, texts: Sequence[str], batch_tokens: int) -> list[float]:
+        if not texts:
+            return []
+        if self.kind == "bi-encoder":
+            return self._cosine(query, texts, batch_tokens)
+        q = self.encoder.query_ids(query)
+        pairs = [self.encoder.pair(q, d) for d in self.encoder.ids(texts)]
+        out = [0.0] * len(pairs)
+        for batch in plan_batches([len(p[0]) for p in pairs], batch_tokens):
+            logits = self._forward([pairs[i] for i in batch], with_types=True).logits
+            for i, value in zip(batch, self._pick(logits).tolist(), strict=True):
+                out[i] = float(value)
+        return out
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if logits.shape[-1] == 1:
+            chosen = logits[:, 0]
+            return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=-1)[:, self.label or 0]
+        chosen = logits[:, self.label if self.label is not None else logits.shape[-1] - 1]
+        return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
+
+    def _cosine(self, query: str, texts: Sequence[str], batch_tokens: int) -> list[float]:
+        singles = [self.encoder.single(d) for d in self.encoder.ids([query, *texts])]
+        embeddings = torch.zeros(len(singles), self.model.config.hidden_size)
+        for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
+            hidden = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
+            embeddings[batch] = hidden
+        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        return (embeddings[1:] @ embeddings[0]).tolist()  # type: ignore[no-any-return]
+
+    def _forward(self, items: Sequence[tuple[list[int], list[int]]], *, with_types: bool, pooled: bool = False) -> Any:
+        longest = max(len(ids) for ids, _ in items)
+        pad = self.encoder.tokenizer.pad_token_id or 0
+        ids = torch.full((len(items), longest), pad, dtype=torch.long)
+        types = torch.zeros((len(items), longest), dtype=torch.long)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, (tok, typ) in enumerate(items):
+            ids[row, : len(tok)] = torch.tensor(tok)
+            types[row, : len(typ)] = torch.tensor(typ)
+            mask[row, : len(tok)] = 1
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if with_types and "token_type_ids" in self.encoder.tokenizer.model_input_names:
+            inputs["token_type_ids"] = types
+        if self.device.type != "cpu":
+            inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in inputs.items()}
+        out = self.model(**inputs)
+        if not pooled:
+            return out
+        hidden = out.last_hidden_state.float()
+        m = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return ((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)).cpu()
+
+
+def load_model(
+    name: str, spec: ModelSpec, *, device: str, precision: str, max_length: int | None, token_cache: int
+) -> LoadedModel:
+    """Load a hub id (HF cache; HF_HUB_OFFLINE honoured) or a local folder, on the chosen device and precision."""
+    kind = detect_kind(spec.path, spec.kind)
+    dev = choose_device(device)
+    prec = choose_precision(precision, dev)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path)
+        config = AutoConfig.from_pretrained(spec.path)
+        if kind == "bi-encoder":
+            if Path(spec.path).is_dir():
+                _mean_pooling_only(Path(spec.path))
+            model = AutoModel.from_pretrained(spec.path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(spec.path)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0")
+        raise ModelLoadError(
+            f"cannot load model [{name}] from '{spec.path}': not a local folder with a config.json, and not a "
+            f"hub id found in the Hugging Face cache (HF_HUB_OFFLINE={offline}, "
+            f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Point --model (or models.{name}.path) "
+            f"at a local copy, e.g. one saved with save_pretrained. ({type(e).__name__})"
+        ) from e
+    model.eval()
+    model = _with_precision(model, dev, prec)
+    limit = spec.max_length or max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    limit = min(limit, int(getattr(config, "max_position_embeddings", limit) or limit))
+    label = spec.label
+    if isinstance(label, str):
+        label = config.label2id.get(label)
+        if label is None:
+            raise ModelLoadError(f"model [{name}] has no label [{spec.label}]; labels: {list(config.label2id)}")
+    encoder = PairEncoder(tokenizer, limit, token_cache)
+    log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
+    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation)
+
+
+def _with_precision(model: Any, device: torch.device, precision: str) -> Any:
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ModelLoadError("precision int8 (dynamic quantization) is for the CPU only")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if precision == "fp16":
+        model = model.half()
+    elif precision == "bf16":
+        model = model.to(torch.bfloat16)
+    return model.to(device)

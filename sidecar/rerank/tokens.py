@@ -1,0 +1,105 @@
+"""Pair assembly without re-tokenizing documents: cached document ids + the tokenizer's pair template."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .cache import LRU, text_key
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where special tokens go around (query, document): prefix q mid d suffix, with token type ids."""
+
+    prefix: tuple[int, ...]
+    mid: tuple[int, ...]
+    suffix: tuple[int, ...]
+    types: tuple[int, int, int, int, int]  # type ids of prefix, query, mid, document, suffix
+
+    @property
+    def specials(self) -> int:
+        return len(self.prefix) + len(self.mid) + len(self.suffix)
+
+
+def probe_template(tokenizer: Any) -> PairTemplate:
+    """Learn the template from the tokenizer itself, by encoding a pair of known single tokens."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    enc = tokenizer("a", "b", return_token_type_ids=True)
+    ids, types = list(enc["input_ids"]), list(enc.get("token_type_ids") or [0] * len(enc["input_ids"]))
+    ia = _find(ids, a, 0)
+    ib = _find(ids, b, ia + len(a))
+    prefix, mid, suffix = ids[:ia], ids[ia + len(a) : ib], ids[ib + len(b) :]
+    t = (
+        types[0] if prefix else 0,
+        types[ia],
+        types[ia + len(a)] if mid else types[ia],
+        types[ib],
+        types[-1] if suffix else types[ib],
+    )
+    return PairTemplate(tuple(prefix), tuple(mid), tuple(suffix), t)
+
+
+def probe_single(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    ids = list(tokenizer("a")["input_ids"])
+    i = _find(ids, a, 0)
+    return tuple(ids[:i]), tuple(ids[i + len(a) :])
+
+
+def _find(seq: list[int], sub: list[int], start: int) -> int:
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i : i + len(sub)] == sub:
+            return i
+    raise ValueError("cannot learn the tokenizer's pair template")
+
+
+class PairEncoder:
+    """Builds model inputs for (query, doc) pairs, identical to ``tokenizer(q, d, truncation="only_second")``."""
+
+    def __init__(self, tokenizer: Any, max_length: int, cache_entries: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.template = probe_template(tokenizer)
+        self.single_template = probe_single(tokenizer)
+        self.cache: LRU[bytes, tuple[int, ...]] = LRU(cache_entries)
+
+    def ids(self, texts: Sequence[str]) -> list[tuple[int, ...]]:
+        """Token ids of each text without special tokens; cached by text hash, misses tokenized in one call."""
+        keys = [text_key(t) for t in texts]
+        out: list[tuple[int, ...] | None] = [self.cache.get(k) for k in keys]
+        missing = [i for i, v in enumerate(out) if v is None]
+        if missing:
+            encoded = self.tokenizer([texts[i] for i in missing], add_special_tokens=False)["input_ids"]
+            for i, ids in zip(missing, encoded, strict=True):
+                out[i] = tuple(ids)
+                self.cache.put(keys[i], out[i])
+        return [v for v in out if v is not None]
+
+    def query_ids(self, query: str) -> tuple[int, ...]:
+        ids = tuple(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        # A query longer than the pair budget is cut so that every document keeps some room.
+        return ids[: max(1, (self.max_length - self.template.specials) // 2)]
+
+    def single(self, ids: tuple[int, ...]) -> tuple[list[int], list[int]]:
+        """One sequence with its special tokens (bi-encoders), truncated as the tokenizer would."""
+        prefix, suffix = self.single_template
+        body = list(ids[: max(0, self.max_length - len(prefix) - len(suffix))])
+        out = [*prefix, *body, *suffix]
+        return out, [0] * len(out)
+
+    def pair(self, query: tuple[int, ...], doc: tuple[int, ...]) -> tuple[list[int], list[int]]:
+        t = self.template
+        room = max(0, self.max_length - t.specials - len(query))
+        doc = doc[:room]
+        ids = [*t.prefix, *query, *t.mid, *doc, *t.suffix]
+        types = (
+            [t.types[0]] * len(t.prefix)
+            + [t.types[1]] * len(query)
+            + [t.types[2]] * len(t.mid)
+            + [t.types[3]] * len(doc)
+            + [t.types[4]] * len(t.suffix)
+        )
+        return ids, types
