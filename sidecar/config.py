@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     rules: tuple[Rule, ...] = Field((), description="drop-in rerank rules")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
-        "auto", description="auto: fp16 on CUDA, int8 dynamic quantization on CPU"
+        "auto", description="auto: fp16 on CUDA/MPS, fp32 on CPU (int8: dynamic quantization, CPU only)"
     )
     max_length: int | None = Field(None, ge=8, le=8192, description="default token limit per pair")
     batch_tokens: int = Field(2048, ge=64, description="token budget of one model batch (padded tokens)")

@@ -34,14 +34,16 @@ def choose_device(setting: str) -> torch.device:
 
 
 def choose_precision(setting: str, device: torch.device) -> str:
-    """auto: fp16 on CUDA (bf16 where the GPU has it is a setting), int8 dynamic quantization on CPU."""
+    """auto: fp16 on CUDA and MPS (bf16 is a setting), fp32 on CPU.
+
+    PyTorch's dynamic int8 quantization is offered as a setting but is not the CPU default: on TREC DL19
+    top 100 it cost 0.0125 nDCG@10 against fp32 (0.6299 vs 0.6424), over the 0.005 we allow.
+    """
     if setting != "auto":
         return setting
-    if device.type == "cuda":
+    if device.type in ("cuda", "mps"):
         return "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "int8"
+    return "fp32"
 
 
 def detect_kind(path: str, forced: str) -> str:

@@ -80,8 +80,11 @@ class PairEncoder:
 
     def query_ids(self, query: str) -> tuple[int, ...]:
         ids = tuple(self.tokenizer(query, add_special_tokens=False)["input_ids"])
-        # A query longer than the pair budget is cut so that every document keeps some room.
-        return ids[: max(1, (self.max_length - self.template.specials) // 2)]
+        # Where the tokenizer itself would fail (the query leaves no room for the document), we cut the query
+        # to half the budget instead, so that every document is still read.
+        if len(ids) > self.max_length - self.template.specials - 1:
+            ids = ids[: max(1, (self.max_length - self.template.specials) // 2)]
+        return ids
 
     def single(self, ids: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """One sequence with its special tokens (bi-encoders), truncated as the tokenizer would."""
@@ -91,6 +94,8 @@ class PairEncoder:
         return out, [0] * len(out)
 
     def pair(self, query: tuple[int, ...], doc: tuple[int, ...]) -> tuple[list[int], list[int]]:
+        if not doc:  # as the tokenizer does: an empty second text encodes as the query alone
+            return self.single(query)
         t = self.template
         room = max(0, self.max_length - t.specials - len(query))
         doc = doc[:room]
