@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import serve
+from .commands import bench, serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rerank-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve.register(sub)
+    bench.register(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

@@ -8,6 +8,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .errors import UpstreamUnavailable
 from .headers import client_response_headers, compat_version, upstream_request_headers
 from .keys import SETTINGS, UPSTREAM
 from .upstream import Body
@@ -15,6 +16,7 @@ from .upstream import Body
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+_SMALL_REPLY = 256 * 1024
 # POST endpoints that only read: safe to replay when the connection could not be made.
 _READ_ENDPOINTS = frozenset({"_search", "_msearch", "_count", "_mget", "_field_caps", "_validate", "_explain"})
 
@@ -85,6 +87,10 @@ async def forward(
     async with request.app[UPSTREAM].request(request.method, request.raw_path, headers, send, retry=retry) as resp:
         reply_headers = client_response_headers(resp.headers, compat_accept=reply_compat_version(request))
         reply_headers.update(extra_headers or {})
+        if resp.content_length is not None and resp.content_length <= _SMALL_REPLY:
+            # One write for headers and body: most searches and cluster calls are small.
+            data = await _read_small(request, resp)
+            return web.Response(status=resp.status, reason=resp.reason, headers=reply_headers, body=data)
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=reply_headers)
         await out.prepare(request)
         try:
@@ -99,3 +105,12 @@ async def forward(
             return out
         await out.write_eof()
         return out
+
+
+async def _read_small(request: web.Request, resp: aiohttp.ClientResponse) -> bytes:
+    """The whole of a small reply; if the engine breaks off, the client gets a 502, never a shortened body."""
+    try:
+        return await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as e:
+        log.warning("upstream broke off mid-reply on %s %s: %s", request.method, request.path, type(e).__name__)
+        raise UpstreamUnavailable(f"the upstream engine broke off its reply: {type(e).__name__}") from e

@@ -64,16 +64,20 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not awaited"
         session = self._session
         url = self.url(path_qs)
-        deadline = self._settings.retry_deadline_s if retry else 0.0
         resp: aiohttp.ClientResponse | None = None
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(UpstreamUnavailable),
-            stop=stop_after_delay(deadline),
-            wait=wait_random_exponential(multiplier=0.05, max=1.0),
-            reraise=True,
-        ):
-            with attempt:
-                resp = await _send(session, method, url, headers, body)
+        try:
+            resp = await _send(session, method, url, headers, body)
+        except UpstreamUnavailable:
+            if not retry:
+                raise
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(UpstreamUnavailable),
+                stop=stop_after_delay(self._settings.retry_deadline_s),
+                wait=wait_random_exponential(multiplier=0.05, max=1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    resp = await _send(session, method, url, headers, body)
         assert resp is not None
         try:
             yield resp

@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +12,8 @@ from aiohttp import web
 
 from sidecar.app import SERVER_ARGS, create_app
 from sidecar.config import Settings
+from sidecar.launch import free_port
 from sidecar.rerank.scorer import Scorer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class SidecarThread:
@@ -58,44 +44,6 @@ class SidecarThread:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
-
-
-@contextmanager
-def sidecar_process(
-    upstream: str, *extra: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`python -m sidecar serve` as its own process (for RSS and signal tests)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "sidecar", "serve", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", *extra]
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/_sidecar/health", proc)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
-    http = urllib3.PoolManager()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"process exited with {proc.returncode}: {out}")
-        try:
-            http.request("GET", url, timeout=1.0, retries=False)
-            return
-        except urllib3.exceptions.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def peak_rss_kb(pid: int) -> int:

@@ -123,24 +123,14 @@ class _Worker:
         return sum(len(j.texts) for j in jobs)
 
     def _compute(self, jobs: Sequence[_Job]) -> list[list[float]]:
-        """Runs in the worker thread. Jobs with the same query share one scoring call (and its batches)."""
+        """Runs in the worker thread: the pairs of all jobs share length-sorted batches."""
         from .models import LoadedModel
 
         model = self.model
         assert isinstance(model, LoadedModel)
-        by_query: dict[str, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_query.setdefault(job.query, []).append(i)
-        out: list[list[float]] = [[] for _ in jobs]
-        for query, idxs in by_query.items():
-            texts = [t for i in idxs for t in jobs[i].texts]
-            scores = model.score(query, texts, self._settings.batch_tokens)
-            self._metrics.batch_pairs.observe(len(texts))
-            pos = 0
-            for i in idxs:
-                out[i] = scores[pos : pos + len(jobs[i].texts)]
-                pos += len(jobs[i].texts)
-        return out
+        results = model.score_many([(job.query, job.texts) for job in jobs], self._settings.batch_tokens)
+        self._metrics.batch_pairs.observe(self._pairs(jobs))
+        return results
 
 
 class ModelScorer:

@@ -84,20 +84,24 @@ class LoadedModel:
 
     # -- forward passes (run in the model's worker thread, never on the event loop) ----------------------
 
-    @torch.inference_mode()
     def score(self, query: str, texts: Sequence[str], batch_tokens: int) -> list[float]:
-        if not texts:
-            return []
+        return self.score_many([(query, texts)], batch_tokens)[0]
+
+    @torch.inference_mode()
+    def score_many(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
+        """Score several requests at once: their pairs share length-sorted batches, whatever their query."""
         if self.kind == "bi-encoder":
-            return self._cosine(query, texts, batch_tokens)
-        q = self.encoder.query_ids(query)
-        pairs = [self.encoder.pair(q, d) for d in self.encoder.ids(texts)]
-        out = [0.0] * len(pairs)
+            return self._cosine(requests, batch_tokens)
+        pairs = []
+        for query, texts in requests:
+            q = self.encoder.query_ids(query)
+            pairs += [self.encoder.pair(q, d) for d in self.encoder.ids(texts)]
+        flat = [0.0] * len(pairs)
         for batch in plan_batches([len(p[0]) for p in pairs], batch_tokens):
             logits = self._forward([pairs[i] for i in batch], with_types=True).logits
             for i, value in zip(batch, self._pick(logits).tolist(), strict=True):
-                out[i] = float(value)
-        return out
+                flat[i] = float(value)
+        return _split(flat, [len(texts) for _, texts in requests])
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -109,14 +113,18 @@ class LoadedModel:
         chosen = logits[:, self.label if self.label is not None else logits.shape[-1] - 1]
         return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
 
-    def _cosine(self, query: str, texts: Sequence[str], batch_tokens: int) -> list[float]:
-        singles = [self.encoder.single(d) for d in self.encoder.ids([query, *texts])]
+    def _cosine(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
+        texts = [t for query, docs in requests for t in (query, *docs)]
+        singles = [self.encoder.single(d) for d in self.encoder.ids(texts)]
         embeddings = torch.zeros(len(singles), self.model.config.hidden_size)
         for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
-            hidden = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
-            embeddings[batch] = hidden
+            embeddings[batch] = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
-        return (embeddings[1:] @ embeddings[0]).tolist()  # type: ignore[no-any-return]
+        out, at = [], 0
+        for _, docs in requests:
+            out.append((embeddings[at + 1 : at + 1 + len(docs)] @ embeddings[at]).tolist())
+            at += 1 + len(docs)
+        return out
 
     def _forward(self, items: Sequence[tuple[list[int], list[int]]], *, with_types: bool, pooled: bool = False) -> Any:
         longest = max(len(ids) for ids, _ in items)
@@ -139,6 +147,14 @@ class LoadedModel:
         hidden = out.last_hidden_state.float()
         m = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return ((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)).cpu()
+
+
+def _split(flat: list[float], sizes: Sequence[int]) -> list[list[float]]:
+    out, at = [], 0
+    for n in sizes:
+        out.append(flat[at : at + n])
+        at += n
+    return out
 
 
 def load_model(

@@ -64,6 +64,11 @@ def decide(
     has_model: Callable[[str | None], bool],
 ) -> Decision:
     """The rerank decision for one `_search` body (or one `_msearch` item)."""
+    if "ext" not in body and "retriever" not in body:  # the common case decides without copying the body
+        if opt_out:
+            return Decision(None, reason="disabled_by_header")
+        if match_rule(settings.rules, indices) is None:
+            return Decision(None, reason="no_rule")
     work = copy.deepcopy(body)
     ext_spec = _pop_ext(work)
     stripped = ext_spec is not None

@@ -173,7 +173,7 @@ def test_non_standard_inner_retriever_goes_to_the_engine_as_is(proxy: Any, corpu
             }
         }
     }
-    r, got = _search(http, proxy.url, body)
+    r, _got = _search(http, proxy.url, body)
     direct = http("POST", corpus + "/docs/_search", body)
     assert (r.status, r.data) == (direct.status, direct.data)
     assert r.headers["X-Rerank"] == "skipped; reason=retriever_not_standard"

@@ -11,7 +11,9 @@ from sidecar.config import Rule
 
 from ..models import packaged_minilm
 from ..servers import Http
-from .data import corpus, data_dir, ndcg10, qrels, queries
+from sidecar.datasets import corpus, qrels, queries
+
+from .data import data_dir, ndcg10
 
 pytestmark = pytest.mark.quality
 

@@ -148,3 +148,15 @@ async def test_scorer_batches_across_requests_caches_and_drops_cancelled(tiny_mo
         assert len(await scorer.scores(None, "after", ["a"])) == 1  # the worker keeps serving
     finally:
         await scorer.close()
+
+
+@pytest.mark.parametrize("which", ["tiny", "packaged"])
+def test_requests_with_different_queries_share_batches_without_changing_scores(which: str, tiny_model: str) -> None:
+    path = tiny_model if which == "tiny" else str(packaged_minilm())
+    loaded = load_model("m", ModelSpec(path=path), device="cpu", precision="fp32", max_length=None, token_cache=0)
+    requests = [("parse a date string", DOCS), ("json time", DOCS[::-1]), ("banana", DOCS[:2])]
+    together = loaded.score_many(requests, 4096)
+    alone = [loaded.score(q, texts, 4096) for q, texts in requests]
+    assert [len(s) for s in together] == [len(DOCS), len(DOCS), 2]
+    for merged, single in zip(together, alone, strict=True):
+        assert merged == pytest.approx(single, abs=1e-5)

@@ -1,0 +1,113 @@
+"""`bench proxy`: the same small `_search` mix against the engine directly and through the sidecar, one run."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from ..corpus import stdlib_docstrings
+from ..engine_client import EngineClient
+from .stats import percentile, table
+
+INDEX = "bench-proxy"
+
+
+@dataclass(frozen=True)
+class Run:
+    target: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+
+def prepare(engine: str, seed: int = 7) -> list[bytes]:
+    """Index the standard library's docstrings; return small `_search` bodies built from their words."""
+    client = EngineClient(engine)
+    docs = list(stdlib_docstrings())
+    if client.count(INDEX) != len(docs):
+        client.request("DELETE", f"/{INDEX}", ok=(404,))
+        for _ in client.bulk_index(INDEX, docs):
+            pass
+    rng = random.Random(seed)
+    words = [w for d in docs for w in d["text"].split()[:20] if w.isalpha() and len(w) > 3]
+    bodies = []
+    for i in range(500):
+        text = " ".join(rng.sample(words, 3))
+        query: dict[str, object] = {"match": {"text": text}}
+        if i % 3 == 1:
+            query = {"multi_match": {"query": text, "fields": ["title^2", "text"]}}
+        elif i % 3 == 2:
+            query = {"bool": {"must": [{"match": {"text": text}}], "filter": [{"exists": {"field": "title"}}]}}
+        bodies.append(json.dumps({"query": query, "size": 10, "_source": ["title"]}).encode())
+    return bodies
+
+
+async def drive(url: str, bodies: list[bytes], clients: int, total: int, target: str) -> Run:
+    """``clients`` concurrent keep-alive clients send ``total`` searches between them."""
+    latencies: list[float] = []
+    errors = 0
+    counter = itertools.count()
+    headers = {"Content-Type": "application/json"}
+    search_url = f"{url}/{INDEX}/_search"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            nonlocal errors
+            while (i := next(counter)) < total:
+                start = time.perf_counter()
+                async with session.post(search_url, data=bodies[i % len(bodies)], headers=headers) as r:
+                    await r.read()
+                    errors += r.status != 200
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    return Run(target, clients, total, errors, seconds, latencies)
+
+
+def report(runs: list[Run]) -> str:
+    rows = []
+    for clients in sorted({r.clients for r in runs}):
+        direct = _merge([r for r in runs if r.clients == clients and r.target == "direct"])
+        proxied = _merge([r for r in runs if r.clients == clients and r.target == "sidecar"])
+        rows.append(
+            [
+                clients,
+                f"{direct.rps:.0f}",
+                f"{proxied.rps:.0f}",
+                f"{proxied.rps / direct.rps:.2f}x",
+                f"{direct.p(50):.2f} / {direct.p(99):.2f}",
+                f"{proxied.p(50):.2f} / {proxied.p(99):.2f}",
+                f"{proxied.p(50) - direct.p(50):+.2f}",
+                direct.errors + proxied.errors,
+            ]
+        )
+    header = ["clients", "direct req/s", "sidecar req/s", "ratio", "direct p50/p99 ms", "sidecar p50/p99 ms"]
+    return table([*header, "added p50 ms", "errors"], rows)
+
+
+def _merge(runs: list[Run]) -> Run:
+    return Run(
+        runs[0].target,
+        runs[0].clients,
+        sum(r.requests for r in runs),
+        sum(r.errors for r in runs),
+        sum(r.seconds for r in runs),
+        [x for r in runs for x in r.latencies_ms],
+    )

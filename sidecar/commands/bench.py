@@ -1,0 +1,105 @@
+"""`rerank-sidecar bench proxy|scorer`: benchmarks against a named baseline, printed as ratios."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..embedded import MissingExtra, packaged_model, start_engine
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("bench", help="benchmarks (ours vs a baseline, one run)")
+    kinds = parser.add_subparsers(dest="bench", required=True)
+
+    proxy = kinds.add_parser("proxy", help="small _search requests: engine directly vs through the sidecar")
+    proxy.add_argument("--engine", help="engine URL (default: start the embedded osmem engine)")
+    proxy.add_argument("--clients", default="1,16,64", help="comma-separated concurrency levels")
+    proxy.add_argument("--requests", type=int, default=3000, help="requests per target, level and round")
+    proxy.add_argument("--rounds", type=int, default=2, help="alternating direct/sidecar rounds per level")
+    proxy.add_argument("--model", help="model the sidecar loads (default: the packaged all-MiniLM-L6-v2)")
+    proxy.set_defaults(run=run_proxy)
+
+    scorer = kinds.add_parser("scorer", help="our scorer vs sentence-transformers CrossEncoder.predict")
+    scorer.add_argument("--data", type=Path, help="folder holding trec_dl19/ (default: $SIDECAR_DATA_DIR)")
+    scorer.add_argument("--queries", type=int, help="use the first N queries (default: all 43)")
+    scorer.add_argument("--rounds", type=int, default=1, help="alternating rounds of each engine")
+    scorer.add_argument("--precision", default="fp32,int8", help="our precisions to measure, comma-separated")
+    scorer.add_argument("--clients", default="1,4,16", help="concurrency levels for the latency table")
+    scorer.add_argument("--latency-queries", type=int, default=16, help="top-100 requests per latency level")
+    scorer.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-minilm-ce")
+    scorer.set_defaults(run=run_scorer)
+
+
+def run_scorer(args: argparse.Namespace) -> int:
+    from ..bench import scorer
+    from ..datasets import candidates, default_data_dir
+
+    folder = (args.data or default_data_dir()) / "trec_dl19"
+    if not (folder / "bm25_top100.jsonl").exists():
+        print(f"rerank-sidecar: {folder}/bm25_top100.jsonl not found; pass --data", file=sys.stderr)
+        return 2
+    try:
+        model = str(scorer.build_cross_encoder(packaged_model(), args.work))
+    except MissingExtra as e:
+        print(f"rerank-sidecar: {e}", file=sys.stderr)
+        return 1
+    rows = candidates(folder)
+    requests = scorer.requests_from(rows, args.queries)
+    print(scorer.describe(requests, model), flush=True)
+    print(scorer.throughput(model, requests, args.precision.split(","), args.rounds))
+    levels = [int(c) for c in args.clients.split(",")]
+    print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5)))
+    return 0
+
+
+@contextlib.contextmanager
+def _engine(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    server = start_engine()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    from ..bench import proxy
+    from ..launch import serve_process
+
+    try:
+        model = args.model or str(packaged_model())
+        levels = [int(c) for c in args.clients.split(",")]
+        with _engine(args.engine) as engine:
+            bodies = proxy.prepare(engine)
+            print(f"engine {engine}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
+            with serve_process(engine, "--model", model, ready_path="/_sidecar/ready") as (_, sidecar):
+                runs = asyncio.run(_proxy_runs(proxy, engine, sidecar, bodies, levels, args.requests, args.rounds))
+    except MissingExtra as e:
+        print(f"rerank-sidecar: {e}", file=sys.stderr)
+        return 1
+    print(proxy.report(runs))
+    return 0
+
+
+async def _proxy_runs(
+    proxy: Any, engine: str, sidecar: str, bodies: list[bytes], levels: list[int], requests: int, rounds: int
+) -> list[Any]:
+    runs = []
+    targets = {"direct": engine, "sidecar": sidecar}
+    for clients in levels:
+        for name, url in targets.items():
+            await proxy.drive(url, bodies, clients, min(requests, 300), name)  # warm-up, not counted
+        for _ in range(rounds):
+            for name, url in targets.items():
+                run = await proxy.drive(url, bodies, clients, requests, name)
+                print(f"  {name:7} {clients:3} clients: {run.rps:7.0f} req/s  p50 {run.p(50):.2f} ms", flush=True)
+                runs.append(run)
+    return runs

