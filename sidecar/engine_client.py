@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import urllib3
+
+
+def basic_auth(user: str | None) -> dict[str, str]:
+    """``USER:PASSWORD`` as an Authorization header (none when ``user`` is None)."""
+    if not user:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
 
 
 class EngineError(Exception):

