@@ -6,13 +6,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import bench, serve
+from .commands import bench, demo, evaluate, load, serve, templates
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rerank-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve.register(sub)
+    demo.register(sub)
+    templates.register(sub)
+    load.register(sub)
+    evaluate.register(sub)
     bench.register(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -42,6 +42,7 @@ class Rule(ScoringOptions):
     model: str | None = Field(None, description="named model from `models`; default model when unset")
     separator: str = Field("\n", description="joins the fields' values into one text")
     array_mode: Literal["join", "max"] = Field("join", description="array values: joined, or each scored, max kept")
+    rerank_timeout_ms: float | None = Field(None, gt=0, description="model deadline for this rule's searches")
 
 
 class ModelSpec(_Frozen):
@@ -52,6 +53,7 @@ class ModelSpec(_Frozen):
     label: int | str | None = Field(None, description="for classifiers with several labels: which label scores")
     activation: Literal["none", "sigmoid", "softmax"] = Field("none", description="applied to the chosen logit")
     max_length: int | None = Field(None, ge=8, le=8192, description="token limit per pair; default: model's, <=512")
+    max_chunks_per_doc: int | None = Field(None, ge=1, le=64, description="long documents: token windows scored")
 
 
 class Settings(BaseSettings):
@@ -89,9 +91,20 @@ class Settings(BaseSettings):
         "auto", description="auto: fp16 on CUDA/MPS, fp32 on CPU (int8: dynamic quantization, CPU only)"
     )
     max_length: int | None = Field(None, ge=8, le=8192, description="default token limit per pair")
+    max_chunks_per_doc: int = Field(
+        1, ge=1, le=64, description="1: truncate long documents; N: score up to N overlapping windows, keep the max"
+    )
     batch_tokens: int = Field(2048, ge=64, description="token budget of one model batch (padded tokens)")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests' pairs")
     queue_pairs: int = Field(20000, ge=1, description="max pairs waiting for the model")
+    rerank_timeout_ms: float = Field(
+        10_000, gt=0, description="model deadline per search; past it the engine's order is returned (fallback)"
+    )
+    breaker_failures: int = Field(5, ge=1, description="consecutive model failures that open its circuit")
+    breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit sends no work to the model")
+    overload: Literal["fallback", "429"] = Field(
+        "fallback", description="a full model queue: fall back to the engine's order, or answer 429 Retry-After"
+    )
     score_cache_entries: int = Field(100_000, ge=0, description="LRU entries of (model, query, doc) scores")
     token_cache_entries: int = Field(100_000, ge=0, description="LRU entries of tokenized documents")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")

@@ -58,6 +58,7 @@ class _Worker:
                     precision=s.precision,
                     max_length=s.max_length,
                     token_cache=s.token_cache_entries,
+                    max_chunks=s.max_chunks_per_doc,
                 ),
             )
             await loop.run_in_executor(self._executor, model.score, "warm up", ["the model is warming up"], 512)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from .batching import plan_batches
 from .tokens import PairEncoder
 
 log = logging.getLogger(__name__)
+# We truncate pairs ourselves (tokens.py) after tokenising whole documents once: the tokenizer's
+# "sequence length is longer than the maximum" warning would be noise, as are the weight-loading bars.
+logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 
 def choose_device(setting: str) -> torch.device:
@@ -89,18 +93,26 @@ class LoadedModel:
 
     @torch.inference_mode()
     def score_many(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
-        """Score several requests at once: their pairs share length-sorted batches, whatever their query."""
+        """Score several requests at once: their pairs share length-sorted batches, whatever their query.
+
+        A long document split into chunks (``max_chunks_per_doc``) scores as its best chunk."""
         if self.kind == "bi-encoder":
             return self._cosine(requests, batch_tokens)
-        pairs = []
+        pairs: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []  # the document each pair belongs to, counted over all requests
+        docs = 0
         for query, texts in requests:
             q = self.encoder.query_ids(query)
-            pairs += [self.encoder.pair(q, d) for d in self.encoder.ids(texts)]
-        flat = [0.0] * len(pairs)
+            for d in self.encoder.ids(texts):
+                chunks = self.encoder.pair_chunks(q, d)
+                pairs += chunks
+                owner += [docs] * len(chunks)
+                docs += 1
+        flat = [-math.inf] * docs
         for batch in plan_batches([len(p[0]) for p in pairs], batch_tokens):
             logits = self._forward([pairs[i] for i in batch], with_types=True).logits
             for i, value in zip(batch, self._pick(logits).tolist(), strict=True):
-                flat[i] = float(value)
+                flat[owner[i]] = max(flat[owner[i]], float(value))
         return _split(flat, [len(texts) for _, texts in requests])
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
@@ -114,15 +126,30 @@ class LoadedModel:
         return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
 
     def _cosine(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
+        """Cosine of mean-pooled embeddings; a document split into chunks scores as its best chunk."""
         texts = [t for query, docs in requests for t in (query, *docs)]
-        singles = [self.encoder.single(d) for d in self.encoder.ids(texts)]
+        singles: list[tuple[list[int], list[int]]] = []
+        owner: list[int] = []
+        for n, ids in enumerate(self.encoder.ids(texts)):
+            chunks = self.encoder.single_chunks(ids)
+            singles += chunks
+            owner += [n] * len(chunks)
         embeddings = torch.zeros(len(singles), self.model.config.hidden_size)
         for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
             embeddings[batch] = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        first = {}  # text index -> its first (the query's only) embedding row
+        for row, n in enumerate(owner):
+            first.setdefault(n, row)
         out, at = [], 0
         for _, docs in requests:
-            out.append((embeddings[at + 1 : at + 1 + len(docs)] @ embeddings[at]).tolist())
+            query = embeddings[first[at]]
+            sims = (embeddings @ query).tolist()
+            best = [-math.inf] * len(docs)
+            for row, n in enumerate(owner):
+                if at < n <= at + len(docs):
+                    best[n - at - 1] = max(best[n - at - 1], sims[row])
+            out.append(best)
             at += 1 + len(docs)
         return out
 
@@ -158,9 +185,19 @@ def _split(flat: list[float], sizes: Sequence[int]) -> list[list[float]]:
 
 
 def load_model(
-    name: str, spec: ModelSpec, *, device: str, precision: str, max_length: int | None, token_cache: int
+    name: str,
+    spec: ModelSpec,
+    *,
+    device: str,
+    precision: str,
+    max_length: int | None,
+    token_cache: int,
+    max_chunks: int = 1,
 ) -> LoadedModel:
     """Load a hub id (HF cache; HF_HUB_OFFLINE honoured) or a local folder, on the chosen device and precision."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     kind = detect_kind(spec.path, spec.kind)
     dev = choose_device(device)
     prec = choose_precision(precision, dev)
@@ -192,7 +229,7 @@ def load_model(
         label = config.label2id.get(label)
         if label is None:
             raise ModelLoadError(f"model [{name}] has no label [{spec.label}]; labels: {list(config.label2id)}")
-    encoder = PairEncoder(tokenizer, limit, token_cache)
+    encoder = PairEncoder(tokenizer, limit, token_cache, max_chunks=spec.max_chunks_per_doc or max_chunks)
     log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
     return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import Settings
-from ..errors import PayloadTooLarge, RerankFailed
+from ..errors import PayloadTooLarge, RerankFailed, TooManyRequests
 from ..headers import client_response_headers, is_json_media_type, is_ndjson_media_type
 from ..keys import RERANK_STATUS
 from ..metrics import Metrics
@@ -25,6 +25,7 @@ from ..search.ndjson import dump_msearch, item_indices, parse_msearch
 from ..search.plan import Decision, Plan, decide
 from ..search.routes import SearchRoute
 from ..upstream import Upstream
+from .breaker import CircuitBreaker
 from .scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RerankService:
         self._upstream = upstream
         self._metrics = metrics
         self._scorer = scorer
+        self._breakers: dict[str, CircuitBreaker] = {}
 
     async def start(self) -> None:
         if self._scorer is not None:
@@ -55,7 +57,12 @@ class RerankService:
             await self._scorer.close()
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
-        return {} if self._scorer is None else self._scorer.readiness()
+        """Per model: the scorer's state, and its circuit when that is not closed."""
+        models = {} if self._scorer is None else self._scorer.readiness()
+        return {
+            name: {**state, **({"circuit": b.state} if (b := self._breakers.get(name)) and b.state != "closed" else {})}
+            for name, state in models.items()
+        }
 
     def _has_model(self, name: str | None) -> bool:
         return self._scorer is not None and self._scorer.has_model(name)
@@ -141,25 +148,42 @@ class RerankService:
         """Splice model order into ``reply``; on failure fall back to the engine's page (or raise, strict)."""
         model = self.model_name(plan.model)
         hits = (reply.get("hits") or {}).get("hits") or []
+        breaker = self._breaker(plan.model)
         t0 = time.perf_counter()
         try:
-            scores = await self._score_hits(hits, plan)
+            if not breaker.allow():
+                raise _CircuitOpen
+            scores = await asyncio.wait_for(self._score_hits(hits, plan), plan.timeout_s)
         except Exception as e:  # the model is not allowed to take search down: fall back, visibly
-            reason = "timeout" if isinstance(e, TimeoutError) else "model_error"
+            reason = _reason(e)
+            if reason == "overloaded" and self._settings.overload == "429":
+                raise
+            if reason in ("timeout", "model_error"):
+                breaker.failure()
             log.warning("rerank fell back (%s) for model %s: %s", reason, model, type(e).__name__)
             self._metrics.rerank.labels("fallback", reason).inc()
+            self._metrics.circuit_open.labels(model).set(breaker.state != "closed")
             if plan.strict:
                 raise RerankFailed(
                     f"reranking with model [{model}] failed ({reason}) and failures are not allowed"
                 ) from e
             engine_page(reply, plan)
             return {"X-Rerank": f"fallback; reason={reason}", "X-Rerank-Model": model}
+        breaker.success()
+        self._metrics.circuit_open.labels(model).set(0)
         took = time.perf_counter() - t0
         self._metrics.rerank_seconds.observe(took)
         self._metrics.window.observe(len(hits))
         self._metrics.rerank.labels("applied", plan.source).inc()
         splice(reply, plan, scores, model)
         return {"X-Rerank": "applied", "X-Rerank-Model": model, "X-Rerank-Took-Ms": f"{took * 1000:.1f}"}
+
+    def _breaker(self, name: str | None) -> CircuitBreaker:
+        key = name or "default"
+        if key not in self._breakers:
+            s = self._settings
+            self._breakers[key] = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
+        return self._breakers[key]
 
     async def _score_hits(self, hits: list[dict[str, Any]], plan: Plan) -> list[float]:
         if not hits:
@@ -231,6 +255,20 @@ class RerankService:
         if models:
             summary["X-Rerank-Model"] = ",".join(models)
         return _respond(request, engine, summary)
+
+
+class _CircuitOpen(Exception):
+    """The model's circuit is open: no work is sent to it until the cool-down ends."""
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, _CircuitOpen):
+        return "circuit_open"
+    if isinstance(e, TooManyRequests):
+        return "overloaded"
+    return "model_error"
 
 
 def _skipped(reason: str) -> dict[str, str]:

@@ -59,9 +59,13 @@ def _find(seq: list[int], sub: list[int], start: int) -> int:
 class PairEncoder:
     """Builds model inputs for (query, doc) pairs, identical to ``tokenizer(q, d, truncation="only_second")``."""
 
-    def __init__(self, tokenizer: Any, max_length: int, cache_entries: int) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int, cache_entries: int, max_chunks: int = 1, overlap: int = 32
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.max_chunks = max_chunks
+        self.overlap = overlap
         self.template = probe_template(tokenizer)
         self.single_template = probe_single(tokenizer)
         self.cache: LRU[bytes, tuple[int, ...]] = LRU(cache_entries)
@@ -108,3 +112,21 @@ class PairEncoder:
             + [t.types[4]] * len(t.suffix)
         )
         return ids, types
+
+    def pair_chunks(self, query: tuple[int, ...], doc: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+        """The pair, or with ``max_chunks`` > 1 one pair per token window of a long document (overlapping by
+        ``overlap`` tokens), as Elasticsearch's chunked rescoring and Cohere do; the caller keeps the best."""
+        room = max(1, self.max_length - self.template.specials - len(query))
+        return [self.pair(query, window) for window in self._windows(doc, room)]
+
+    def single_chunks(self, doc: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+        prefix, suffix = self.single_template
+        room = max(1, self.max_length - len(prefix) - len(suffix))
+        return [self.single(window) for window in self._windows(doc, room)]
+
+    def _windows(self, doc: tuple[int, ...], room: int) -> list[tuple[int, ...]]:
+        if self.max_chunks <= 1 or len(doc) <= room:
+            return [doc]
+        overlap = min(self.overlap, room // 2)
+        starts = range(0, len(doc) - overlap, room - overlap)
+        return [doc[i : i + room] for i in list(starts)[: self.max_chunks]]

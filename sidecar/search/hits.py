@@ -20,7 +20,7 @@ def hit_texts(hit: dict[str, Any], plan: Plan) -> list[str]:
         if value is None:
             found = resolve_path(hit.get("_source") or {}, name)
             value = None if is_missing(found) else found
-        values.extend(_strings(value))
+        values.extend(v for v in _strings(value) if v.strip())  # an empty title adds no separator
     if plan.array_mode == "max" and len(values) > 1:
         return values
     return [plan.separator.join(values)]

@@ -33,6 +33,7 @@ class Plan:
     source: str = "rule"  # rule | ext | retriever
     hidden_fields: tuple[str, ...] = ()  # fields we asked the engine for that the client must not see
     hide_source: bool = False  # the client asked for no _source at all
+    timeout_s: float = 10.0  # model deadline
 
 
 @dataclass
@@ -137,6 +138,7 @@ def decide(
         source=source,
         hidden_fields=hidden,
         hide_source=hide_source,
+        timeout_s=((rule.rerank_timeout_ms if rule else None) or settings.rerank_timeout_ms) / 1000,
     )
     return Decision(work, plan=plan, drop_params=("from", "size"))
 

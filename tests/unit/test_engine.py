@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -160,3 +161,35 @@ def test_requests_with_different_queries_share_batches_without_changing_scores(w
     assert [len(s) for s in together] == [len(DOCS), len(DOCS), 2]
     for merged, single in zip(together, alone, strict=True):
         assert merged == pytest.approx(single, abs=1e-5)
+
+
+def test_long_documents_score_as_their_best_token_window(tiny_model: str) -> None:
+    def load(chunks: int) -> Any:
+        spec = ModelSpec(path=tiny_model, max_length=24)
+        return load_model("m", spec, device="cpu", precision="fp32", max_length=None, token_cache=0, max_chunks=chunks)
+
+    words = ["apple"] * 30 + ["parse", "the", "date", "string"] + ["banana"] * 10  # one token per word
+    query = "date string"
+    chunked, plain = load(4), load(1)
+    windows = chunked.encoder.pair_chunks(
+        chunked.encoder.query_ids(query), tuple(chunked.encoder.ids([" ".join(words)])[0])
+    )
+    assert len(windows) == 4 and all(len(ids) <= 24 for ids, _ in windows)
+    room = 24 - chunked.encoder.template.specials - 2
+    step = room - min(32, room // 2)
+    texts = [" ".join(words[i : i + room]) for i in range(0, step * len(windows), step)]
+    best = max(plain.score(query, [t], 4096)[0] for t in texts)
+    assert chunked.score(query, [" ".join(words)], 4096)[0] == pytest.approx(best, abs=1e-5)
+    assert plain.score(query, [" ".join(words)], 4096)[0] == pytest.approx(plain.score(query, [texts[0]], 4096)[0])
+
+
+def test_chunking_finds_the_answer_past_the_truncation_point_with_real_weights() -> None:
+    def load(chunks: int) -> Any:
+        spec = ModelSpec(path=str(packaged_minilm()), max_length=128)
+        return load_model("m", spec, device="cpu", precision="fp32", max_length=None, token_cache=0, max_chunks=chunks)
+
+    filler = "Bananas grow in tropical regions and are harvested green. " * 20
+    doc = filler + "To parse a date string in Python, call datetime.strptime with a format."
+    query = "how do I parse a date string"
+    truncated, chunked = load(1).score(query, [doc], 4096)[0], load(8).score(query, [doc], 4096)[0]
+    assert chunked > truncated + 0.1

@@ -1,0 +1,154 @@
+"""`rerank-sidecar eval DATASET_DIR`: how much reranking helps on judged data, end to end or on given candidates."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from .. import datasets, evaluation
+from ..bench.stats import percentile
+from ..embedded import MissingExtra, packaged_model, start_engine
+from ..engine_client import EngineClient, EngineError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("eval", help="measure ranking quality: engine vs reranked")
+    parser.add_argument("dataset", type=Path, help="folder with corpus.jsonl, queries.tsv, qrels.txt")
+    parser.add_argument("--candidates", action="store_true", help="rerank bm25_top100.jsonl (no engine)")
+    parser.add_argument("--engine", help="engine URL for end-to-end mode (default: start the embedded osmem)")
+    parser.add_argument("--model", help="model path or hub id (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--config", type=Path, help="sidecar config for end-to-end mode (default: one rule)")
+    parser.add_argument("--index", help="index for the corpus (default: eval-<dataset>)")
+    parser.add_argument("--depth", type=int, default=100, help="candidates per query (the rerank window)")
+    parser.add_argument("--rel", type=int, help="lowest relevant grade for MRR/Recall (default: 2 for TREC DL, else 1)")
+    parser.add_argument("--queries", type=int, help="only the first N judged queries")
+    parser.add_argument("--out", type=Path, help="output folder (default: eval-out/<dataset>)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    folder: Path = args.dataset
+    if not (folder / "qrels.txt").exists() or not (folder / "queries.tsv").exists():
+        print(f"rerank-sidecar: eval: {folder} has no qrels.txt and queries.tsv", file=sys.stderr)
+        return 2
+    judgments = datasets.qrels(folder)
+    queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
+    if args.queries:
+        queries = dict(list(queries.items())[: args.queries])
+    rel = args.rel if args.rel is not None else (2 if folder.name.startswith("trec_dl") else 1)
+    out = args.out or Path("eval-out") / folder.name
+    try:
+        model = args.model or str(packaged_model())
+        if args.candidates:
+            baseline, reranked, took = _candidates(folder, queries, model, args.depth)
+            mode = "candidates"
+        else:
+            baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
+            mode = "end-to-end"
+    except (MissingExtra, EngineError, OSError) as e:
+        print(f"rerank-sidecar: eval: {e}", file=sys.stderr)
+        return 1
+    base_m, rer_m = evaluation.measure(judgments, baseline, rel), evaluation.measure(judgments, reranked, rel)
+    latency = {"p50": percentile(took, 50), "p99": percentile(took, 99)}
+    info = {"dataset": folder.name, "mode": mode, "model": model, "queries": len(queries), "relevant_grade": rel}
+    rep = evaluation.report(base_m, rer_m, latency, info)
+    evaluation.save(rep, out)
+    evaluation.write_trec(baseline, out / "baseline.trec", "baseline")
+    evaluation.write_trec(reranked, out / "reranked.trec", "reranked")
+    evaluation.plot_deltas(base_m, rer_m, out / "ndcg10_deltas.png", f"{folder.name} ({mode})")
+    print(f"\n{folder.name}, {mode}, {len(queries)} queries, model {model}\n")
+    print(evaluation.table(rep))
+    print(f"\nwrote {out}/report.json, baseline.trec, reranked.trec, ndcg10_deltas.png")
+    return 0
+
+
+def _candidates(
+    folder: Path, queries: dict[str, str], model: str, depth: int
+) -> tuple[evaluation.Run, evaluation.Run, list[float]]:
+    from ..config import ModelSpec
+    from ..rerank.models import load_model
+
+    loaded = load_model("eval", ModelSpec(path=model), device="auto", precision="auto", max_length=None, token_cache=0)
+    baseline: evaluation.Run = {}
+    reranked: evaluation.Run = {}
+    took = []
+    rows = [c for c in datasets.candidates(folder) if c.qid in queries]
+    for c in tqdm(rows, desc="reranking", unit="query"):
+        docids, texts = c.docids[:depth], c.texts[:depth]
+        start = time.perf_counter()
+        scores = loaded.score(c.query, texts, 2048)
+        took.append((time.perf_counter() - start) * 1000)
+        baseline[c.qid] = dict(zip(docids, c.scores[:depth], strict=True))
+        reranked[c.qid] = dict(zip(docids, scores, strict=True))
+    return baseline, reranked, took
+
+
+@contextlib.contextmanager
+def _engine(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    server = start_engine()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+def _end_to_end(
+    folder: Path, queries: dict[str, str], model: str, args: argparse.Namespace, out: Path
+) -> tuple[evaluation.Run, evaluation.Run, list[float]]:
+    from ..launch import serve_process
+
+    index = args.index or f"eval-{folder.name}".lower()
+    with _engine(args.engine) as engine_url:
+        client = EngineClient(engine_url)
+        _index(client, index, folder)
+        config = args.config or _rule_file(out, index, args.depth)
+        with serve_process(engine_url, "--config", str(config), "--model", model, ready_path="/_sidecar/ready") as (
+            _,
+            sidecar,
+        ):
+            proxy = EngineClient(sidecar)
+            baseline, reranked, took = {}, {}, []
+            for qid, text in tqdm(queries.items(), desc="searching", unit="query"):
+                body = {"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}, "size": args.depth}
+                body["_source"] = False
+                baseline[qid] = _ranked(client.request("POST", f"/{index}/_search", body))
+                start = time.perf_counter()
+                reranked[qid] = _ranked(proxy.request("POST", f"/{index}/_search", body))
+                took.append((time.perf_counter() - start) * 1000)
+    return baseline, reranked, took
+
+
+def _ranked(reply: dict[str, Any]) -> dict[str, float]:
+    hits = reply["hits"]["hits"]
+    return {h["_id"]: float(len(hits) - i) for i, h in enumerate(hits)}
+
+
+def _index(client: EngineClient, index: str, folder: Path) -> None:
+    docs = list(datasets.corpus(folder))
+    if client.count(index) == len(docs):
+        return
+    client.request("DELETE", f"/{index}", ok=(404,))
+    mapping = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}
+    client.request("PUT", f"/{index}", {"mappings": mapping})
+    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
+        for n in client.bulk_index(index, docs, batch=2000):
+            bar.update(n)
+
+
+def _rule_file(out: Path, index: str, depth: int) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sidecar.yaml"
+    rule = {"index": index, "fields": ["title", "text"], "window_size": depth}
+    path.write_text(yaml.safe_dump({"rules": [rule]}))
+    return path

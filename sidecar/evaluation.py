@@ -1,0 +1,113 @@
+"""Ranking quality: runs, metrics (ir-measures), a paired significance test, and the report files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .datasets import Judgments
+
+Run = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Measures:
+    """Per-query and mean figures of one run."""
+
+    mean: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+
+def measure(judgments: Judgments, run: Run, rel: int) -> Measures:
+    """nDCG@10 (graded), MRR@10 and Recall@100 (relevant = grade >= ``rel``), over the judged queries."""
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    names = {nDCG @ 10: "nDCG@10", RR(rel=rel) @ 10: "MRR@10", R(rel=rel) @ 100: "Recall@100"}
+    judged = {q: d for q, d in judgments.items() if q in run}
+    per_query: dict[str, dict[str, float]] = {}
+    for m in ir_measures.iter_calc(list(names), judged, {q: run[q] for q in judged}):
+        per_query.setdefault(m.query_id, {})[names[m.measure]] = float(m.value)
+    agg = ir_measures.calc_aggregate(list(names), judged, {q: run[q] for q in judged})
+    return Measures({names[k]: float(v) for k, v in agg.items()}, per_query)
+
+
+def paired_test(a: Measures, b: Measures, metric: str = "nDCG@10") -> dict[str, float]:
+    """Two-sided paired t-test and Wilcoxon signed-rank test over the queries both runs answered."""
+    from scipy import stats
+
+    queries = sorted(set(a.per_query) & set(b.per_query))
+    x = [a.per_query[q][metric] for q in queries]
+    y = [b.per_query[q][metric] for q in queries]
+    t = stats.ttest_rel(y, x)
+    differs = any(i != j for i, j in zip(x, y, strict=True))
+    w = stats.wilcoxon(y, x) if differs else None
+    return {
+        "queries": len(queries),
+        "t": float(t.statistic) if differs else 0.0,
+        "p_ttest": float(t.pvalue) if differs else 1.0,
+        "p_wilcoxon": float(w.pvalue) if w is not None else 1.0,
+    }
+
+
+def write_trec(run: Run, path: Path, tag: str) -> None:
+    lines = []
+    for qid, docs in run.items():
+        ranked = sorted(docs.items(), key=lambda kv: kv[1], reverse=True)
+        lines += [f"{qid} Q0 {doc} {rank} {score:.6f} {tag}" for rank, (doc, score) in enumerate(ranked, 1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_deltas(baseline: Measures, reranked: Measures, path: Path, title: str, metric: str = "nDCG@10") -> None:
+    """Per-query change of ``metric``, sorted: one bar per query, green where reranking helped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    queries = sorted(set(baseline.per_query) & set(reranked.per_query))
+    deltas = sorted(reranked.per_query[q][metric] - baseline.per_query[q][metric] for q in queries)
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    ax.bar(range(len(deltas)), deltas, color=["#2a9d8f" if d > 0 else "#e76f51" for d in deltas], width=0.9)
+    ax.axhline(0, color="black", linewidth=0.8)
+    mean = reranked.mean[metric] - baseline.mean[metric]
+    ax.set_title(f"{title}: per-query {metric} change (mean {mean:+.3f})")
+    ax.set_xlabel(f"queries, sorted by change ({len(deltas)})")
+    ax.set_ylabel(f"Δ {metric}")
+    ax.set_xticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def report(baseline: Measures, reranked: Measures, latency: dict[str, float], info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **info,
+        "baseline": baseline.mean,
+        "reranked": reranked.mean,
+        "significance_nDCG@10": paired_test(baseline, reranked),
+        "latency_ms": latency,
+        "per_query": {
+            q: {"baseline": baseline.per_query[q], "reranked": reranked.per_query.get(q, {})}
+            for q in baseline.per_query
+        },
+    }
+
+
+def table(rep: dict[str, Any]) -> str:
+    rows = [f"{'':12}{'nDCG@10':>10}{'MRR@10':>10}{'Recall@100':>12}"]
+    for name in ("baseline", "reranked"):
+        m = rep[name]
+        rows.append(f"{name:12}{m['nDCG@10']:>10.4f}{m['MRR@10']:>10.4f}{m['Recall@100']:>12.4f}")
+    sig = rep["significance_nDCG@10"]
+    rows.append(f"paired t-test on nDCG@10 over {sig['queries']} queries: p = {sig['p_ttest']:.2g}")
+    lat = rep["latency_ms"]
+    rows.append(f"rerank latency per query: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms")
+    return "\n".join(rows)
+
+
+def save(rep: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
