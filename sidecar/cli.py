@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import bench, demo, evaluate, load, serve, templates
+from .commands import bench, demo, evaluate, load, serve, templates, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     templates.register(sub)
     load.register(sub)
     evaluate.register(sub)
+    train.register(sub)
     bench.register(sub)
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import datasets
 from .datasets import Judgments
 
 Run = dict[str, dict[str, float]]
@@ -111,3 +113,25 @@ def table(rep: dict[str, Any]) -> str:
 def save(rep: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+
+
+def rerank_candidates(folder: Path, queries: dict[str, str], model: str, depth: int) -> tuple[Run, Run, list[float]]:
+    """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query)."""
+    from tqdm import tqdm
+
+    from .config import ModelSpec
+    from .rerank.models import load_model
+
+    loaded = load_model("eval", ModelSpec(path=model), device="auto", precision="auto", max_length=None, token_cache=0)
+    baseline: Run = {}
+    reranked: Run = {}
+    took = []
+    rows = [c for c in datasets.candidates(folder) if c.qid in queries]
+    for c in tqdm(rows, desc="reranking", unit="query"):
+        docids, texts = c.docids[:depth], c.texts[:depth]
+        start = time.perf_counter()
+        scores = loaded.score(c.query, texts, 2048)
+        took.append((time.perf_counter() - start) * 1000)
+        baseline[c.qid] = dict(zip(docids, c.scores[:depth], strict=True))
+        reranked[c.qid] = dict(zip(docids, scores, strict=True))
+    return baseline, reranked, took

@@ -17,6 +17,7 @@ from .. import datasets, evaluation
 from ..bench.stats import percentile
 from ..embedded import MissingExtra, packaged_model, start_engine
 from ..engine_client import EngineClient, EngineError
+from ..indexing import index_dataset
 
 
 def register(sub: Any) -> None:
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = args.model or str(packaged_model())
         if args.candidates:
-            baseline, reranked, took = _candidates(folder, queries, model, args.depth)
+            baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth)
             mode = "candidates"
         else:
             baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
@@ -68,27 +69,6 @@ def run(args: argparse.Namespace) -> int:
     print(evaluation.table(rep))
     print(f"\nwrote {out}/report.json, baseline.trec, reranked.trec, ndcg10_deltas.png")
     return 0
-
-
-def _candidates(
-    folder: Path, queries: dict[str, str], model: str, depth: int
-) -> tuple[evaluation.Run, evaluation.Run, list[float]]:
-    from ..config import ModelSpec
-    from ..rerank.models import load_model
-
-    loaded = load_model("eval", ModelSpec(path=model), device="auto", precision="auto", max_length=None, token_cache=0)
-    baseline: evaluation.Run = {}
-    reranked: evaluation.Run = {}
-    took = []
-    rows = [c for c in datasets.candidates(folder) if c.qid in queries]
-    for c in tqdm(rows, desc="reranking", unit="query"):
-        docids, texts = c.docids[:depth], c.texts[:depth]
-        start = time.perf_counter()
-        scores = loaded.score(c.query, texts, 2048)
-        took.append((time.perf_counter() - start) * 1000)
-        baseline[c.qid] = dict(zip(docids, c.scores[:depth], strict=True))
-        reranked[c.qid] = dict(zip(docids, scores, strict=True))
-    return baseline, reranked, took
 
 
 @contextlib.contextmanager
@@ -111,7 +91,7 @@ def _end_to_end(
     index = args.index or f"eval-{folder.name}".lower()
     with _engine(args.engine) as engine_url:
         client = EngineClient(engine_url)
-        _index(client, index, folder)
+        index_dataset(client, index, folder)
         config = args.config or _rule_file(out, index, args.depth)
         with serve_process(engine_url, "--config", str(config), "--model", model, ready_path="/_sidecar/ready") as (
             _,
@@ -132,18 +112,6 @@ def _end_to_end(
 def _ranked(reply: dict[str, Any]) -> dict[str, float]:
     hits = reply["hits"]["hits"]
     return {h["_id"]: float(len(hits) - i) for i, h in enumerate(hits)}
-
-
-def _index(client: EngineClient, index: str, folder: Path) -> None:
-    docs = list(datasets.corpus(folder))
-    if client.count(index) == len(docs):
-        return
-    client.request("DELETE", f"/{index}", ok=(404,))
-    mapping = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}
-    client.request("PUT", f"/{index}", {"mappings": mapping})
-    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
-        for n in client.bulk_index(index, docs, batch=2000):
-            bar.update(n)
 
 
 def _rule_file(out: Path, index: str, depth: int) -> Path:

@@ -1,0 +1,122 @@
+"""`rerank-sidecar train JUDGMENTS_DIR`: fine-tune a model on judgments, with a guard rail against a worse one."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import datasets, evaluation
+from ..embedded import MissingExtra, packaged_model, start_engine
+from ..engine_client import EngineClient, EngineError
+from ..indexing import index_dataset
+
+_LOSSES = {"cross-encoder": ("bce", "lambda"), "bi-encoder": ("contrastive",)}
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("train", help="fine-tune a cross- or bi-encoder on judgments")
+    parser.add_argument("judgments", type=Path, help="folder with corpus.jsonl, queries.tsv, qrels.txt")
+    parser.add_argument("--model", help="starting model (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--kind", choices=list(_LOSSES), default="cross-encoder", help="what to train")
+    parser.add_argument("--loss", choices=["bce", "lambda", "contrastive"], help="default: bce / contrastive")
+    parser.add_argument("--eval", type=Path, action="append", required=True, help="held-out dataset (repeatable)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoints, best/, history.json, training.png")
+    parser.add_argument("--engine", help="engine (or sidecar) to mine BM25 negatives from (default: embedded osmem)")
+    parser.add_argument("--negatives", type=int, default=8, help="hard negatives mined per query")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--list-size", type=int, default=16, help="documents per query list (lambda loss)")
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--train-queries", type=int, help="use N judged queries (a slice)")
+    parser.add_argument("--positives", type=int, help="at most N judged positives per query (best grades first)")
+    parser.add_argument("--eval-queries", type=int, help="evaluate on the first N queries of each held-out set")
+    parser.add_argument("--eval-depth", type=int, default=100, help="candidates reranked per held-out query")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import data, trainer
+
+    loss = args.loss or _LOSSES[args.kind][0]
+    if loss not in _LOSSES[args.kind]:
+        print(f"rerank-sidecar: train: loss {loss} is for {_other(args.kind)}s", file=sys.stderr)
+        return 2
+    for folder in (args.judgments, *args.eval):
+        if not (folder / "qrels.txt").exists():
+            print(f"rerank-sidecar: train: {folder} has no qrels.txt", file=sys.stderr)
+            return 2
+    try:
+        start = args.model or str(packaged_model())
+        with _miner(args) as mine:
+            training = data.load(args.judgments, mine, args.negatives, args.train_queries, args.seed, args.positives)
+    except (MissingExtra, EngineError, OSError, ValueError) as e:
+        print(f"rerank-sidecar: train: {e}", file=sys.stderr)
+        return 1
+    print(training.report())
+    if not training.examples:
+        print("rerank-sidecar: train: no query has a judged positive document", file=sys.stderr)
+        return 1
+    config = trainer.TrainConfig(
+        start=start,
+        kind=args.kind,
+        loss=loss,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        list_size=args.list_size,
+        lr=args.lr,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer.train(config, training, lambda model: _held_out(model, args), resume=args.resume)
+    return 0
+
+
+def _other(kind: str) -> str:
+    return "bi-encoder" if kind == "cross-encoder" else "cross-encoder"
+
+
+def _held_out(model: Path, args: argparse.Namespace) -> float:
+    """Mean nDCG@10 over the held-out sets, reranking their given BM25 candidates."""
+    figures = []
+    for folder in args.eval:
+        judgments = datasets.qrels(folder)
+        queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
+        if args.eval_queries:
+            queries = dict(list(queries.items())[: args.eval_queries])
+        _, run, _ = evaluation.rerank_candidates(folder, queries, str(model), args.eval_depth)
+        rel = 2 if folder.name.startswith("trec_dl") else 1
+        figures.append(evaluation.measure(judgments, run, rel).mean["nDCG@10"])
+        print(f"  {folder.name}: nDCG@10 {figures[-1]:.4f}")
+    return sum(figures) / len(figures)
+
+
+@contextlib.contextmanager
+def _miner(args: argparse.Namespace) -> Iterator[Any]:
+    if not args.negatives:
+        yield None
+        return
+    server = None if args.engine else start_engine()
+    url = args.engine or server.url
+    try:
+        client = EngineClient(url, headers={"X-Rerank": "off"})
+        index = f"train-{args.judgments.name}".lower()
+        index_dataset(client, index, args.judgments)
+
+        def mine(query: str, k: int) -> list[str]:
+            body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": k}
+            hits = client.request("POST", f"/{index}/_search", {**body, "_source": False})["hits"]["hits"]
+            return [h["_id"] for h in hits]
+
+        yield mine
+    finally:
+        if server is not None:
+            server.close()
