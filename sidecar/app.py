@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")
 
 # The server must not decompress request bodies: a gzip body passes to the engine as the client sent it.
-SERVER_ARGS = {"auto_decompress": False, "max_field_size": 65536}
+SERVER_ARGS: dict[str, Any] = {"auto_decompress": False, "max_field_size": 65536}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def curl_lines(url: str) -> list[str]:
     ]
 
 
-async def run_sidecar(settings: Settings, until: Callable[[str], Any]) -> Any:
+async def run_sidecar(settings: Settings, until: Callable[[str], Awaitable[int]]) -> int:
     """Serve the sidecar on ``settings.listen`` until the coroutine ``until(url)`` returns."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, **SERVER_ARGS)

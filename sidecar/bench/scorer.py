@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import ModelSpec, Settings
 from ..datasets import Candidates
@@ -42,11 +44,15 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
     }
     baseline = CrossEncoder(model, device="cpu")
     identity = torch.nn.Identity()
+
+    def predict(q: str, texts: list[str]) -> Sequence[float]:
+        return [
+            float(x) for x in baseline.predict([(q, d) for d in texts], activation_fn=identity, show_progress_bar=False)
+        ]
+
     engines: dict[str, Callable[[str, list[str]], Sequence[float]]] = {
-        "sentence-transformers CrossEncoder.predict": lambda q, t: baseline.predict(
-            [(q, d) for d in t], activation_fn=identity, show_progress_bar=False
-        ),
-        **{f"rerank-sidecar ({p})": (lambda q, t, m=m: m.score(q, t, 2048)) for p, m in ours.items()},
+        "sentence-transformers CrossEncoder.predict": predict,
+        **{f"rerank-sidecar ({p})": functools.partial(_ours, m) for p, m in ours.items()},
     }
     seconds = dict.fromkeys(engines, 0.0)
     scores: dict[str, list[float]] = {name: [] for name in engines}
@@ -73,6 +79,11 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
             ]
         )
     return table(["engine", "docs/s", "vs baseline", "s per top-100", "max |score diff|"], rows)
+
+
+def _ours(model: Any, query: str, texts: list[str]) -> Sequence[float]:
+    scores: list[float] = model.score(query, texts, 2048)
+    return scores
 
 
 def latency(model: str, requests: Sequence[Request], levels: Sequence[int], waits_ms: Sequence[int]) -> str:

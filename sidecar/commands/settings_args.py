@@ -49,3 +49,14 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
 def _fail(message: str) -> NoReturn:
     print(f"rerank-sidecar: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def reference_table() -> str:
+    """The settings reference of the README, generated from the model (a test keeps the README in sync)."""
+    rows = ["| YAML key | flag | environment | default | what it does |", "|---|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default in (None, (), {}) else f"`{default}`"
+        flag = f"`--{name.replace('_', '-')}`" if _is_flag(field.annotation) else "(file or env)"
+        rows.append(f"| `{name}` | {flag} | `SIDECAR_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .. import datasets, evaluation
 from ..embedded import MissingExtra, packaged_model, start_engine
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..training import data, trainer
 
-    loss = args.loss or _LOSSES[args.kind][0]
+    loss = cast("trainer.Loss", args.loss or _LOSSES[args.kind][0])
     if loss not in _LOSSES[args.kind]:
         print(f"rerank-sidecar: train: loss {loss} is for {_other(args.kind)}s", file=sys.stderr)
         return 2
@@ -105,7 +105,7 @@ def _miner(args: argparse.Namespace) -> Iterator[Any]:
         yield None
         return
     server = None if args.engine else start_engine()
-    url = args.engine or server.url
+    url: str = args.engine if server is None else server.url
     try:
         client = EngineClient(url, headers={"X-Rerank": "off"})
         index = f"train-{args.judgments.name}".lower()

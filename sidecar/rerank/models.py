@@ -138,7 +138,7 @@ class LoadedModel:
         for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
             embeddings[batch] = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
-        first = {}  # text index -> its first (the query's only) embedding row
+        first: dict[int, int] = {}  # text index -> its first (the query's only) embedding row
         for row, n in enumerate(owner):
             first.setdefault(n, row)
         out, at = [], 0
@@ -197,7 +197,7 @@ def load_model(
     """Load a hub id (HF cache; HF_HUB_OFFLINE honoured) or a local folder, on the chosen device and precision."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     kind = detect_kind(spec.path, spec.kind)
     dev = choose_device(device)
     prec = choose_precision(precision, dev)
@@ -242,7 +242,7 @@ def _with_precision(model: Any, device: torch.device, precision: str) -> Any:
             warnings.simplefilter("ignore")
             from torch.ao.quantization import quantize_dynamic
 
-            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)  # type: ignore[no-untyped-call]
     if precision == "fp16":
         model = model.half()
     elif precision == "bf16":

@@ -78,8 +78,9 @@ class PairEncoder:
         if missing:
             encoded = self.tokenizer([texts[i] for i in missing], add_special_tokens=False)["input_ids"]
             for i, ids in zip(missing, encoded, strict=True):
-                out[i] = tuple(ids)
-                self.cache.put(keys[i], out[i])
+                value = tuple(ids)
+                out[i] = value
+                self.cache.put(keys[i], value)
         return [v for v in out if v is not None]
 
     def query_ids(self, query: str) -> tuple[int, ...]:

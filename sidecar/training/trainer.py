@@ -63,9 +63,8 @@ def train(cfg: TrainConfig, data: TrainingSet, evaluate: Callable[[Path], float]
     model = _load(str(last or cfg.start), cfg.kind)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = len(list(_batches(cfg, data, random.Random(0))))
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(0.1 * steps_per_epoch * cfg.epochs), steps_per_epoch * cfg.epochs
-    )
+    total = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)  # type: ignore[no-untyped-call]
     history = History()
     first_epoch = 1
     if last is not None:
@@ -85,7 +84,7 @@ def train(cfg: TrainConfig, data: TrainingSet, evaluate: Callable[[Path], float]
         epoch_losses = []
         for batch in bar:
             loss = _step(cfg, model, tokenizer, batch)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -150,18 +149,18 @@ def _batches(cfg: TrainConfig, data: TrainingSet, rng: random.Random) -> Iterato
         lists = [_sample_list(e, cfg.list_size, rng) for e in data.examples]
         per_batch = max(1, cfg.batch_size // cfg.list_size)
         for i in range(0, len(lists), per_batch):
-            chunk = lists[i : i + per_batch]
-            yield {"lists": [(e.query, [(data.texts[d], g) for d, g in docs]) for e, docs in chunk]}
+            group = lists[i : i + per_batch]
+            yield {"lists": [(e.query, [(data.texts[d], g) for d, g in docs]) for e, docs in group]}
     else:
         rows = [(e, pos) for e in data.examples for pos, g in e.graded.items() if g > 0]
         rng.shuffle(rows)
         for i in range(0, len(rows), cfg.batch_size):
-            chunk = rows[i : i + cfg.batch_size]
-            negs = [rng.choice(e.negatives or [d for d, g in e.graded.items() if g == 0] or [None]) for e, _ in chunk]
+            part = rows[i : i + cfg.batch_size]
+            negs = [rng.choice(e.negatives or [d for d, g in e.graded.items() if g == 0] or [None]) for e, _ in part]
             yield {
-                "queries": [e.query for e, _ in chunk],
-                "qids": [e.qid for e, _ in chunk],
-                "positives": [(data.texts[p], e.qid, e) for e, p in chunk],
+                "queries": [e.query for e, _ in part],
+                "qids": [e.qid for e, _ in part],
+                "positives": [(data.texts[p], e.qid, e) for e, p in part],
                 "negatives": [data.texts[n] for n in negs if n is not None],
             }
 
@@ -183,8 +182,8 @@ def _sample_list(e: Example, size: int, rng: random.Random) -> tuple[Example, li
 
 def _step(cfg: TrainConfig, model: Any, tokenizer: Any, batch: Batch) -> torch.Tensor:
     if cfg.loss == "bce":
-        queries, docs = zip(*batch["pairs"], strict=True)
-        logits = _logits(model, tokenizer, list(queries), list(docs), cfg.max_length)
+        pairs = batch["pairs"]
+        logits = _logits(model, tokenizer, [q for q, _ in pairs], [d for _, d in pairs], cfg.max_length)
         return losses.bce(logits, torch.tensor(batch["labels"], dtype=torch.float))
     if cfg.loss == "lambda":
         width = max(len(docs) for _, docs in batch["lists"])

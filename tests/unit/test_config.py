@@ -42,3 +42,15 @@ def test_unknown_yaml_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
         settings_from_args(_parse("--config", str(cfg)))
     assert info.value.code == 2
     assert "rules.0.feilds" in capsys.readouterr().err
+
+
+def test_readme_settings_reference_is_generated_from_the_model() -> None:
+    from pathlib import Path
+
+    from sidecar.commands.settings_args import reference_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
+    assert block == reference_table(), (
+        "regenerate with: python -c 'from sidecar.commands.settings_args import reference_table; print(reference_table())'"
+    )
