@@ -25,7 +25,7 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    upstream: str, *flags: str, env: dict[str, str] | None = None, ready_path: str = "/_sidecar/health"
+    upstream: str, *flags: str, env: dict[str, str] | None = None, ready_path: str | None = "/_sidecar/health"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`python -m sidecar serve` on a free loopback port; stopped with SIGTERM (then killed) on exit."""
     port = free_port()
@@ -35,7 +35,10 @@ def serve_process(
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_http(url + ready_path, proc, log)
+            if ready_path is None:  # the caller waits its own way (HTTPS, say)
+                _wait_port(port, proc)
+            else:
+                wait_http(url + ready_path, proc, log)
             yield proc, url
         finally:
             if proc.poll() is None:
@@ -67,3 +70,13 @@ def wait_http(
             pass
         time.sleep(0.1)
     raise TimeoutError(url)
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")

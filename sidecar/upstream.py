@@ -14,6 +14,7 @@ from yarl import URL
 
 from .config import Settings
 from .errors import UpstreamTimeout, UpstreamUnavailable
+from .tls import upstream_context
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,12 @@ class Upstream:
 
     async def start(self) -> None:
         s = self._settings
+        if s.upstream.scheme == "https" and not s.upstream_verify:
+            log.warning("TLS verification towards %s is OFF (upstream_verify: false)", self.origin)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=s.pool_size, limit_per_host=s.pool_size, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=s.pool_size, limit_per_host=s.pool_size, ttl_dns_cache=300, ssl=upstream_context(s)
+            ),
             timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout_s, sock_read=s.upstream_timeout_s),
             auto_decompress=False,  # compressed bodies pass as they are
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another

@@ -14,6 +14,7 @@ from .. import logs
 from ..app import SERVER_ARGS, create_app
 from ..config import Settings
 from ..errors import ModelLoadError
+from ..tls import listener_context
 from .settings_args import add_settings_flags, settings_from_args
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def _run(app: web.Application, settings: Settings) -> None:
     web.run_app(
         app,
         loop=_event_loop(),
+        ssl_context=listener_context(settings),
         host=settings.listen_host,
         port=settings.listen_port,
         shutdown_timeout=settings.shutdown_grace_s,

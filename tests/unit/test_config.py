@@ -51,6 +51,4 @@ def test_readme_settings_reference_is_generated_from_the_model() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
-    assert block == reference_table(), (
-        "regenerate with: python -c 'from sidecar.commands.settings_args import reference_table; print(reference_table())'"
-    )
+    assert block == reference_table(), "regenerate the block with sidecar.commands.settings_args.reference_table()"
