@@ -233,3 +233,33 @@ def fuzz_target(osmem: Any) -> Any:
     yield server.url, http
     server.stop()
     clone.close()
+
+
+def test_engine_killed_and_restarted_the_sidecar_reports_and_recovers(make_sidecar: Any, http: Http) -> None:
+    from osmem_server import OsmemServer
+
+    from sidecar.launch import free_port
+
+    addr = f"127.0.0.1:{free_port()}"
+    first = OsmemServer.start(japanese=False, addr=addr)
+    proxy = make_sidecar(first.url, rules=(RULE,), retry_deadline_s=0.5)
+    http("PUT", proxy.url + "/docs", {"mappings": {"properties": {"text": {"type": "text"}}}})
+    http("POST", proxy.url + "/docs/_doc?refresh=true", {"text": "apple"})
+    assert _search(http, proxy.url)[0].headers["X-Rerank"] == "applied"
+
+    first.process.kill()  # the engine dies without a goodbye
+    first.process.wait()
+    r, err = _search(http, proxy.url)
+    assert r.status == 502 and err["error"]["type"] and err["status"] == 502
+    ready = http("GET", proxy.url + "/_sidecar/ready")
+    assert ready.status == 503 and "upstream" in json.loads(ready.data)["error"]["reason"]
+    assert http("GET", proxy.url + "/_sidecar/health").status == 200
+
+    second = OsmemServer.start(japanese=False, addr=addr)  # back on the same address, empty (in memory)
+    try:
+        assert http("GET", proxy.url + "/_sidecar/ready").status == 200
+        http("POST", proxy.url + "/docs/_doc?refresh=true", {"text": "apple again"})
+        r, got = _search(http, proxy.url)
+        assert r.status == 200 and got["hits"]["total"]["value"] == 1
+    finally:
+        second.close()
