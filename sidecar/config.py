@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     retry_deadline_s: float = Field(10.0, ge=0, description="total time idempotent reads may spend retrying")
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
     max_search_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest intercepted search body")
+    max_msearch_items: int = Field(1000, ge=1, description="largest _msearch the sidecar intercepts (items)")
+    max_query_chars: int = Field(10_000, ge=1, description="longest query text sent to a model")
     max_window: int = Field(1000, ge=1, description="largest candidate window one search may ask for")
     admin_token: SecretStr | None = Field(None, description="if set, /_sidecar/* except health needs this bearer")
     upstream_verify: bool = Field(True, description="verify an https upstream's certificate and host name")

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import Settings
-from ..errors import PayloadTooLarge, RerankFailed, TooManyRequests
+from ..errors import BadRequest, PayloadTooLarge, RerankFailed, TooManyRequests
 from ..headers import client_response_headers, is_json_media_type, is_ndjson_media_type
 from ..keys import RERANK_STATUS
 from ..metrics import Metrics
@@ -206,6 +206,9 @@ class RerankService:
         pairs = parse_msearch(text) if is_ndjson_media_type(request.headers.get("Content-Type")) else None
         if pairs is None:
             return await forward(request, raw, buffered=True, extra_headers=_skipped("unparsed_body"))
+        if len(pairs) > self._settings.max_msearch_items:
+            limit = self._settings.max_msearch_items
+            raise BadRequest(f"_msearch of {len(pairs)} searches is over the maximum of {limit} (max_msearch_items)")
         params = {k: v for k, v in request.rel_url.query.items() if k == "filter_path"}
         decisions = [
             decide(

@@ -102,6 +102,8 @@ def decide(
     query = spec.pop("query_text", None) or find_query_text(work.get("query")) or _q_param(params)
     if not query:
         return skip("no_query_text")
+    if len(query) > settings.max_query_chars:
+        raise BadRequest(f"query text of {len(query)} characters is over the maximum of {settings.max_query_chars}")
 
     model = spec.pop("model", None) or (rule.model if rule else None)
     if not has_model(model):

@@ -263,3 +263,18 @@ def test_engine_killed_and_restarted_the_sidecar_reports_and_recovers(make_sidec
         assert r.status == 200 and got["hits"]["total"]["value"] == 1
     finally:
         second.close()
+
+
+def test_limits_answer_in_the_engines_format(corpus: str, make_sidecar: Any, http: Http) -> None:
+    proxy = make_sidecar(corpus, rules=(RULE,), max_msearch_items=2, max_query_chars=50, max_search_body_bytes=2000)
+    r, err = _search(http, proxy.url, {"query": {"match": {"text": "apple " * 20}}})
+    assert r.status == 400 and err["error"]["type"] == "illegal_argument_exception" and "max" in err["error"]["reason"]
+    lines = "".join(
+        json.dumps({}) + "\n" + json.dumps({"query": {"match": {"text": "apple"}}}) + "\n" for _ in range(3)
+    )
+    r = http("POST", proxy.url + "/docs/_msearch", lines.encode(), headers={"Content-Type": "application/x-ndjson"})
+    assert r.status == 400 and "max_msearch_items" in json.loads(r.data)["error"]["reason"]
+    r, err = _search(http, proxy.url, {"query": {"match": {"text": "apple"}}, "pad": "x" * 3000})
+    assert r.status == 413 and err["status"] == 413
+    big = ("\n".join([json.dumps({"index": {"_index": "docs"}}), json.dumps({"text": "y" * 5000})]) + "\n").encode()
+    assert http("POST", proxy.url + "/_bulk", big, headers={"Content-Type": "application/x-ndjson"}).status == 200
