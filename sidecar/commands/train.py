@@ -37,6 +37,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--eval-queries", type=int, help="evaluate on the first N queries of each held-out set")
     parser.add_argument("--eval-depth", type=int, default=100, help="candidates reranked per held-out query")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-gain", type=float, default=0.005, help="nDCG@10 gain an epoch needs to be handed out")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.set_defaults(run=run)
 
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         max_length=args.max_length,
         seed=args.seed,
+        min_gain=args.min_gain,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     trainer.train(config, training, lambda model: _held_out(model, args), resume=args.resume)

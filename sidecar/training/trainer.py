@@ -42,6 +42,7 @@ class TrainConfig:
     lr: float = 2e-5
     max_length: int = 256
     seed: int = 0
+    min_gain: float = 0.005  # what "beats the starting model" means: more than noise
 
 
 @dataclass
@@ -120,10 +121,11 @@ def _hand_out(cfg: TrainConfig, history: History) -> None:
     if target.exists():
         shutil.rmtree(target)
     assert history.start_metric is not None
-    if best is None or best["nDCG@10"] <= history.start_metric:
+    if best is None or best["nDCG@10"] <= history.start_metric + cfg.min_gain:
         got = f"{best['nDCG@10']:.4f}" if best else "none"
         print(
-            f"no epoch beat the starting model (held-out nDCG@10 {history.start_metric:.4f}; best epoch {got}): "
+            f"no epoch beat the starting model by more than {cfg.min_gain} (held-out nDCG@10 "
+            f"{history.start_metric:.4f}; best epoch {got}): "
             f"keep using {cfg.start}. No model was written to {target}."
         )
         return
