@@ -27,8 +27,13 @@ def _train(engine: str, out: Path, *extra: str) -> dict[str, object]:
     return history
 
 
-def test_bi_encoder_loss_falls_and_the_checkpoint_serves(engine: str, tmp_path: Path, http: Http) -> None:
-    history = _train(engine, tmp_path, "--kind", "bi-encoder", "--epochs", "2", "--lr", "5e-5", "--batch-size", "8")
+def test_bi_encoder_resumes_its_loss_falls_and_the_checkpoint_serves(
+    engine: str, tmp_path: Path, http: Http, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ("--kind", "bi-encoder", "--lr", "5e-5", "--batch-size", "8")
+    _train(engine, tmp_path, *flags, "--epochs", "1")
+    history = _train(engine, tmp_path, *flags, "--epochs", "2", "--resume")
+    assert "resuming from" in capsys.readouterr().out
     epochs = history["epochs"]
     assert isinstance(epochs, list) and len(epochs) == 2
     assert epochs[1]["loss"] < epochs[0]["loss"]  # the same examples, seen again: the loss falls
