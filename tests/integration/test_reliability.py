@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import random
+import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -247,6 +249,21 @@ def test_engine_killed_and_restarted_the_sidecar_reports_and_recovers(make_sidec
     http("POST", proxy.url + "/docs/_doc?refresh=true", {"text": "apple"})
     assert _search(http, proxy.url)[0].headers["X-Rerank"] == "applied"
 
+    statuses: list[int] = []
+    malformed: list[bytes] = []
+    stop = threading.Event()
+
+    def load() -> None:  # searches keep coming while the engine dies and comes back
+        while not stop.is_set():
+            r = http("POST", proxy.url + "/docs/_search", {"query": {"match": {"text": "apple"}}})
+            statuses.append(r.status)
+            if r.status != 200 and "error" not in json.loads(r.data):
+                malformed.append(r.data)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
     first.process.kill()  # the engine dies without a goodbye
     first.process.wait()
     r, err = _search(http, proxy.url)
@@ -261,8 +278,14 @@ def test_engine_killed_and_restarted_the_sidecar_reports_and_recovers(make_sidec
         http("POST", proxy.url + "/docs/_doc?refresh=true", {"text": "apple again"})
         r, got = _search(http, proxy.url)
         assert r.status == 200 and got["hits"]["total"]["value"] == 1
+        time.sleep(0.3)
     finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
         second.close()
+    assert not malformed and set(statuses) <= {200, 404, 502}  # 404: the restarted engine is empty at first
+    assert statuses.count(200) > 0 and statuses.count(502) > 0 and statuses[-1] == 200
 
 
 def test_limits_answer_in_the_engines_format(corpus: str, make_sidecar: Any, http: Http) -> None:
@@ -278,3 +301,30 @@ def test_limits_answer_in_the_engines_format(corpus: str, make_sidecar: Any, htt
     assert r.status == 413 and err["status"] == 413
     big = ("\n".join([json.dumps({"index": {"_index": "docs"}}), json.dumps({"text": "y" * 5000})]) + "\n").encode()
     assert http("POST", proxy.url + "/_bulk", big, headers={"Content-Type": "application/x-ndjson"}).status == 200
+
+
+_header_names = st.sampled_from(
+    ["Host", "X-Forwarded-Host", "X-Forwarded-For", "X-Rerank", "Content-Encoding", "Accept", "X-Opaque-Id", "X-Junk"]
+)
+_header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+_segments = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/?#%"), max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    headers=st.dictionaries(_header_names, _header_values, max_size=4),
+    segments=st.lists(_segments, min_size=1, max_size=3),
+    tail=st.sampled_from(["_search", "_msearch", "_count", "", "_doc/1"]),
+)
+def test_fuzzed_headers_and_paths_never_get_a_500_from_us(
+    fuzz_target: tuple[str, Http], headers: dict[str, str], segments: list[str], tail: str
+) -> None:
+    url, http = fuzz_target
+    path = "/" + "/".join(urllib.parse.quote(s, safe="") for s in [*segments, tail] if s)
+    body = json.dumps({"query": {"match": {"text": "apple"}}}).encode()
+    r = http("POST", url + path, body, headers={"Content-Type": "application/json", **headers})
+    assert b"Traceback" not in r.data
+    assert r.status != 500 or b"rerank sidecar" not in r.data
+    if r.status >= 400 and r.data and r.headers.get("Content-Type", "").startswith("application/json"):
+        assert "error" in json.loads(r.data)
+    assert http("GET", url + "/_sidecar/health").status == 200
