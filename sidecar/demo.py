@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from tqdm import tqdm
 
 from . import templates
 from .app import SERVER_ARGS, create_app
 from .config import Settings
 from .engine_client import EngineClient
+from .indexing import index_docs
 
 INDEX = "passages"
 
@@ -23,18 +23,7 @@ def load_corpus(client: EngineClient, docs: list[dict[str, str]]) -> int:
     """Install es_templates/, then index ``docs`` into `passages`."""
     for _ in templates.apply(client, templates.load(templates.default_dir())):
         pass
-    return index_docs(client, docs, INDEX)
-
-
-def index_docs(client: EngineClient, docs: list[dict[str, str]], index: str) -> int:
-    """(Re)index ``docs`` with a progress bar, unless the index already holds exactly that many."""
-    if client.count(index) == len(docs):
-        return len(docs)
-    client.request("DELETE", f"/{index}", ok=(404,))
-    with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
-        for n in client.bulk_index(index, docs, batch=500):
-            bar.update(n)
-    return client.count(index)
+    return index_docs(client, INDEX, docs, batch=500)
 
 
 def search_body(query: str, size: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,19 @@ def start_engine() -> Any:
     except ImportError as e:
         raise MissingExtra("the embedded engine needs `osmem-server`: pip install 'rerank-sidecar[demo]'") from e
     return OsmemServer.start(japanese=False)
+
+
+@contextmanager
+def engine_at(url: str | None) -> Iterator[str]:
+    """``url`` when given; otherwise the embedded engine, started here and stopped on exit."""
+    if url:
+        yield url
+        return
+    server = start_engine()
+    try:
+        yield server.url
+    finally:
+        server.close()
 
 
 def packaged_model() -> Path:

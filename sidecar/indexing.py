@@ -1,23 +1,38 @@
-"""Index a dataset folder's corpus into an engine, with a progress bar; skipped when the index already holds it."""
+"""Index documents into an engine with a progress bar; skipped when the index already holds that many."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from . import datasets
 from .engine_client import EngineClient
 
+_TITLE_TEXT = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}
 
-def index_dataset(client: EngineClient, index: str, folder: Path) -> None:
-    """(Re)create ``index`` with title and text fields unless it already holds exactly this corpus."""
-    docs = list(datasets.corpus(folder))
+
+def index_docs(
+    client: EngineClient,
+    index: str,
+    docs: list[dict[str, str]],
+    *,
+    mappings: dict[str, Any] | None = None,
+    batch: int = 1000,
+) -> int:
+    """(Re)create ``index`` (with ``mappings``, else as templates say) unless it holds exactly this many documents."""
     if client.count(index) == len(docs):
-        return
+        return len(docs)
     client.request("DELETE", f"/{index}", ok=(404,))
-    mapping = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}
-    client.request("PUT", f"/{index}", {"mappings": mapping})
+    if mappings is not None:
+        client.request("PUT", f"/{index}", {"mappings": mappings})
     with tqdm(total=len(docs), desc="indexing", unit="doc") as bar:
-        for n in client.bulk_index(index, docs, batch=2000):
+        for n in client.bulk_index(index, docs, batch=batch):
             bar.update(n)
+    return client.count(index)
+
+
+def index_dataset(client: EngineClient, index: str, folder: Path) -> int:
+    """A dataset folder's corpus with title and text fields."""
+    return index_docs(client, index, list(datasets.corpus(folder)), mappings=_TITLE_TEXT, batch=2000)

@@ -13,6 +13,7 @@ import aiohttp
 
 from ..corpus import stdlib_docstrings
 from ..engine_client import EngineClient
+from ..indexing import index_docs
 from .stats import percentile, table
 
 INDEX = "bench-proxy"
@@ -39,10 +40,7 @@ def prepare(engine: str, seed: int = 7) -> list[bytes]:
     """Index the standard library's docstrings; return small `_search` bodies built from their words."""
     client = EngineClient(engine)
     docs = list(stdlib_docstrings())
-    if client.count(INDEX) != len(docs):
-        client.request("DELETE", f"/{INDEX}", ok=(404,))
-        for _ in client.bulk_index(INDEX, docs):
-            pass
+    index_docs(client, INDEX, docs)
     rng = random.Random(seed)
     words = [w for d in docs for w in d["text"].split()[:20] if w.isalpha() and len(w) > 3]
     bodies = []

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..embedded import MissingExtra, packaged_model, start_engine
+from ..embedded import MissingExtra, engine_at, packaged_model
 
 
 def register(sub: Any) -> None:
@@ -58,18 +56,6 @@ def run_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _engine(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    server = start_engine()
-    try:
-        yield server.url
-    finally:
-        server.close()
-
-
 def run_proxy(args: argparse.Namespace) -> int:
     from ..bench import proxy
     from ..launch import serve_process
@@ -77,7 +63,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     try:
         model = args.model or str(packaged_model())
         levels = [int(c) for c in args.clients.split(",")]
-        with _engine(args.engine) as engine:
+        with engine_at(args.engine) as engine:
             bodies = proxy.prepare(engine)
             print(f"engine {engine}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
             with serve_process(engine, "--model", model, ready_path="/_sidecar/ready") as (_, sidecar):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from tqdm import tqdm
 
 from .. import datasets, evaluation
 from ..bench.stats import percentile
-from ..embedded import MissingExtra, packaged_model, start_engine
+from ..embedded import MissingExtra, engine_at, packaged_model
 from ..engine_client import EngineClient, EngineError
 from ..indexing import index_dataset
 
@@ -71,25 +69,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _engine(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    server = start_engine()
-    try:
-        yield server.url
-    finally:
-        server.close()
-
-
 def _end_to_end(
     folder: Path, queries: dict[str, str], model: str, args: argparse.Namespace, out: Path
 ) -> tuple[evaluation.Run, evaluation.Run, list[float]]:
     from ..launch import serve_process
 
     index = args.index or f"eval-{folder.name}".lower()
-    with _engine(args.engine) as engine_url:
+    with engine_at(args.engine) as engine_url:
         client = EngineClient(engine_url)
         index_dataset(client, index, folder)
         config = args.config or _rule_file(out, index, args.depth)

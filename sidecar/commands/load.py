@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import demo
 from ..engine_client import EngineClient, EngineError, basic_auth
+from ..indexing import index_docs
 
 
 def register(sub: Any) -> None:
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     client = EngineClient(args.target, headers=basic_auth(args.user))
     try:
         docs = demo.read_docs(args.corpus)
-        count = demo.index_docs(client, docs, args.index)
+        count = index_docs(client, args.index, docs, batch=500)
     except (OSError, ValueError, EngineError) as e:
         print(f"rerank-sidecar: load: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import datasets, evaluation
-from ..embedded import MissingExtra, packaged_model, start_engine
+from ..embedded import MissingExtra, engine_at, packaged_model
 from ..engine_client import EngineClient, EngineError
 from ..indexing import index_dataset
 
@@ -106,9 +106,7 @@ def _miner(args: argparse.Namespace) -> Iterator[Any]:
     if not args.negatives:
         yield None
         return
-    server = None if args.engine else start_engine()
-    url: str = args.engine if server is None else server.url
-    try:
+    with engine_at(args.engine) as url:
         client = EngineClient(url, headers={"X-Rerank": "off"})
         index = f"train-{args.judgments.name}".lower()
         index_dataset(client, index, args.judgments)
@@ -119,6 +117,3 @@ def _miner(args: argparse.Namespace) -> Iterator[Any]:
             return [h["_id"] for h in hits]
 
         yield mine
-    finally:
-        if server is not None:
-            server.close()
