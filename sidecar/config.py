@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     rules: tuple[Rule, ...] = Field((), description="drop-in rerank rules")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
-        "auto", description="auto: fp16 on CUDA/MPS, fp32 on CPU (int8: dynamic quantization, CPU only)"
+        "auto", description="auto: fp16 on CUDA/MPS, int8 on CPU (dynamic quantization; FFN down-projections stay fp32)"
     )
     max_length: int | None = Field(None, ge=8, le=8192, description="default token limit per pair")
     max_chunks_per_doc: int = Field(

@@ -115,14 +115,18 @@ def save(rep: dict[str, Any], out: Path) -> None:
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
 
 
-def rerank_candidates(folder: Path, queries: dict[str, str], model: str, depth: int) -> tuple[Run, Run, list[float]]:
+def rerank_candidates(
+    folder: Path, queries: dict[str, str], model: str, depth: int, precision: str = "auto"
+) -> tuple[Run, Run, list[float]]:
     """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query)."""
     from tqdm import tqdm
 
     from .config import ModelSpec
     from .rerank.models import load_model
 
-    loaded = load_model("eval", ModelSpec(path=model), device="auto", precision="auto", max_length=None, token_cache=0)
+    loaded = load_model(
+        "eval", ModelSpec(path=model), device="auto", precision=precision, max_length=None, token_cache=0
+    )
     baseline: Run = {}
     reranked: Run = {}
     took = []

@@ -24,6 +24,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--candidates", action="store_true", help="rerank bm25_top100.jsonl (no engine)")
     parser.add_argument("--engine", help="engine URL for end-to-end mode (default: start the embedded osmem)")
     parser.add_argument("--model", help="model path or hub id (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16", "int8"),
+        default="auto",
+        help="model precision (default auto: int8 on CPU, fp16 on a GPU)",
+    )
     parser.add_argument("--config", type=Path, help="sidecar config for end-to-end mode (default: one rule)")
     parser.add_argument("--index", help="index for the corpus (default: eval-<dataset>)")
     parser.add_argument("--depth", type=int, default=100, help="candidates per query (the rerank window)")
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = args.model or str(packaged_model())
         if args.candidates:
-            baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth)
+            baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth, args.precision)
             mode = "candidates"
         else:
             baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
@@ -57,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     base_m, rer_m = evaluation.measure(judgments, baseline, rel), evaluation.measure(judgments, reranked, rel)
     latency = {"p50": percentile(took, 50), "p99": percentile(took, 99)}
-    info = {"dataset": folder.name, "mode": mode, "model": model, "queries": len(queries), "relevant_grade": rel}
+    info = {"dataset": folder.name, "mode": mode, "model": model, "precision": args.precision, "queries": len(queries)}
+    info["relevant_grade"] = rel
     rep = evaluation.report(base_m, rer_m, latency, info)
     evaluation.save(rep, out)
     evaluation.write_trec(baseline, out / "baseline.trec", "baseline")
     evaluation.write_trec(reranked, out / "reranked.trec", "reranked")
     evaluation.plot_deltas(base_m, rer_m, out / "ndcg10_deltas.png", f"{folder.name} ({mode})")
-    print(f"\n{folder.name}, {mode}, {len(queries)} queries, model {model}\n")
+    print(f"\n{folder.name}, {mode}, {len(queries)} queries, model {model} ({args.precision})\n")
     print(evaluation.table(rep))
     print(f"\nwrote {out}/report.json, baseline.trec, reranked.trec, ndcg10_deltas.png")
     return 0
@@ -79,7 +86,16 @@ def _end_to_end(
         client = EngineClient(engine_url)
         index_dataset(client, index, folder)
         config = args.config or _rule_file(out, index, args.depth)
-        with serve_process(engine_url, "--config", str(config), "--model", model, ready_path="/_sidecar/ready") as (
+        with serve_process(
+            engine_url,
+            "--config",
+            str(config),
+            "--model",
+            model,
+            "--precision",
+            args.precision,
+            ready_path="/_sidecar/ready",
+        ) as (
             _,
             sidecar,
         ):
