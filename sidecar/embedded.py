@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,21 @@ def start_engine() -> Any:
     return OsmemServer.start(japanese=False)
 
 
+@dataclass(frozen=True)
+class Engine:
+    url: str
+    pid: int | None  # known when we started it
+
+
 @contextmanager
-def engine_at(url: str | None) -> Iterator[str]:
-    """``url`` when given; otherwise the embedded engine, started here and stopped on exit."""
+def engine_at(url: str | None) -> Iterator[Engine]:
+    """The engine at ``url`` when given; otherwise the embedded engine, started here and stopped on exit."""
     if url:
-        yield url
+        yield Engine(url, None)
         return
     server = start_engine()
     try:
-        yield server.url
+        yield Engine(server.url, server.pid)
     finally:
         server.close()
 

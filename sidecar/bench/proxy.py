@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import aiohttp
 
@@ -27,6 +30,7 @@ class Run:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds each process spent on the run
 
     @property
     def rps(self) -> float:
@@ -34,6 +38,23 @@ class Run:
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (Linux /proc); the load generator's own is ``time.process_time``."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(
+    url: str, bodies: list[bytes], clients: int, total: int, target: str, pids: Mapping[str, int | None]
+) -> Run:
+    """``drive`` plus the CPU time each process (engine, sidecar, this load generator as None) spent on it."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    run = await drive(url, bodies, clients, total, target)
+    return replace(run, cpu_s={name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
 
 
 def prepare(engine: str, seed: int = 7) -> list[bytes]:
@@ -97,7 +118,26 @@ def report(runs: list[Run]) -> str:
             ]
         )
     header = ["clients", "direct req/s", "sidecar req/s", "ratio", "direct p50/p99 ms", "sidecar p50/p99 ms"]
-    return table([*header, "added p50 ms", "errors"], rows)
+    return table([*header, "added p50 ms", "errors"], rows) + "\n\n" + cpu_report(runs)
+
+
+def cpu_report(runs: list[Run]) -> str:
+    """CPU ms per request of each process. With every core busy, throughput is cores / CPU per request, so the
+    ratio of the totals (direct / through the sidecar) is the best ratio this machine allows."""
+    names = sorted({n for r in runs for n in r.cpu_s})
+    if not names:
+        return ""
+    rows = []
+    for clients in sorted({r.clients for r in runs}):
+        per = {}
+        for target in ("direct", "sidecar"):
+            merged = [r for r in runs if r.clients == clients and r.target == target]
+            n = sum(r.requests for r in merged)
+            per[target] = {name: sum(r.cpu_s.get(name, 0.0) for r in merged) * 1000 / n for name in names}
+        cells = [f"{per['direct'][n]:.2f} / {per['sidecar'][n]:.2f}" for n in names]
+        bound = sum(per["direct"].values()) / sum(per["sidecar"].values())
+        rows.append([clients, *cells, f"{bound:.2f}x"])
+    return table(["clients", *(f"{n} CPU ms/req direct / via" for n in names), "CPU-bound ratio"], rows)
 
 
 def _merge(runs: list[Run]) -> Run:
@@ -108,4 +148,5 @@ def _merge(runs: list[Run]) -> Run:
         sum(r.errors for r in runs),
         sum(r.seconds for r in runs),
         [x for r in runs for x in r.latencies_ms],
+        {n: sum(r.cpu_s.get(n, 0.0) for r in runs) for n in runs[0].cpu_s},
     )

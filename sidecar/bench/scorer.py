@@ -30,8 +30,8 @@ def build_cross_encoder(source: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str], rounds: int) -> str:
-    """Docs/s of each engine, alternated round by round over the same requests, and the ratio to the baseline."""
+def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str], rounds: int) -> tuple[str, float]:
+    """Docs/s of each engine, alternated request by request over the same requests, and the ratio to the baseline."""
     import numpy as np
     import torch
     from sentence_transformers import CrossEncoder
@@ -57,13 +57,14 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
     seconds = dict.fromkeys(engines, 0.0)
     scores: dict[str, list[float]] = {name: [] for name in engines}
     for r in range(rounds):
-        for name, score in engines.items():
-            start = time.perf_counter()
-            out = [float(x) for q, texts in requests for x in score(q, texts)]
-            seconds[name] += time.perf_counter() - start
-            if r == 0:
-                scores[name] = out
-            print(f"  round {r + 1}: {name}: {time.perf_counter() - start:.1f} s", flush=True)
+        for q, texts in requests:  # engines alternate request by request: the machine's drift hits all alike
+            for name, score in engines.items():
+                start = time.perf_counter()
+                out = [float(x) for x in score(q, texts)]
+                seconds[name] += time.perf_counter() - start
+                if r == 0:
+                    scores[name] += out
+        print(f"  round {r + 1}: " + ", ".join(f"{n}: {s:.1f} s" for n, s in seconds.items()), flush=True)
     docs = sum(len(t) for _, t in requests) * rounds
     base_name = next(iter(engines))
     rows = []
@@ -78,7 +79,42 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
                 f"{diff:.1e}",
             ]
         )
-    return table(["engine", "docs/s", "vs baseline", "s per top-100", "max |score diff|"], rows)
+    header = ["engine", "docs/s", "vs baseline", "s per top-100", "max |score diff|"]
+    return table(header, rows), seconds[base_name] / docs * 100
+
+
+def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: float) -> str:
+    """The least time any fp32 engine can take on these pairs here: their matmul FLOPs at this CPU's best rate.
+
+    FLOPs count every pair at its own length (no padding): 2 x the encoder's linear weights per token, plus
+    attention (4 x length^2 x hidden per layer). The rate is torch's fp32 GEMM at the model's FFN shape, timed now.
+    """
+    import torch
+
+    from ..rerank.models import load_model
+
+    loaded = load_model("floor", ModelSpec(path=model), device="cpu", precision="fp32", max_length=None, token_cache=0)
+    cfg = loaded.model.config
+    linear = sum(m.in_features * m.out_features for m in loaded.model.modules() if isinstance(m, torch.nn.Linear))
+    flops = 0.0
+    for q, texts in requests:
+        qids = loaded.encoder.query_ids(q)
+        for ids in loaded.encoder.ids(texts):
+            n = len(loaded.encoder.pair_chunks(qids, ids)[0][0])
+            flops += 2 * n * linear + cfg.num_hidden_layers * 4 * n * n * cfg.hidden_size
+    a, b = torch.randn(4096, cfg.hidden_size), torch.randn(cfg.hidden_size, cfg.intermediate_size)
+    for _ in range(3):
+        a @ b
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    rate = reps * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - start)
+    docs = sum(len(t) for _, t in requests)
+    floor = flops / rate / docs * 100
+    return (
+        f"fp32 floor: {flops / docs / 1e9:.2f} GFLOP per pair at {rate / 1e9:.0f} GFLOP/s (this CPU's fp32 GEMM now) "
+        f"= {floor:.2f} s per top-100, so at most {baseline_s_per_100 / floor:.2f}x over the baseline in fp32"
+    )
 
 
 def _ours(model: Any, query: str, texts: list[str]) -> Sequence[float]:
@@ -91,10 +127,10 @@ def latency(model: str, requests: Sequence[Request], levels: Sequence[int], wait
     rows = []
     for wait in waits_ms:
         for clients in levels:
-            settings = Settings(model=model, precision="fp32", max_wait_ms=wait, score_cache_entries=0)
+            settings = Settings(model=model, max_wait_ms=wait, score_cache_entries=0)
             took = asyncio.run(_concurrent(settings, requests, clients, repeat=False))
             rows.append([f"{clients}", f"{wait} ms", f"{percentile(took, 50):.0f}", f"{percentile(took, 99):.0f}"])
-    settings = Settings(model=model, precision="fp32", max_wait_ms=0)
+    settings = Settings(model=model, max_wait_ms=0)
     took = asyncio.run(_concurrent(settings, requests[:8], 1, repeat=True))
     rows.append(["1 (cache hit)", "-", f"{percentile(took, 50):.1f}", f"{percentile(took, 99):.1f}"])
     return table(["concurrent requests", "max_wait_ms", "p50 ms", "p99 ms"], rows)

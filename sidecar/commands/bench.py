@@ -50,7 +50,9 @@ def run_scorer(args: argparse.Namespace) -> int:
     rows = candidates(folder)
     requests = scorer.requests_from(rows, args.queries)
     print(scorer.describe(requests, model), flush=True)
-    print(scorer.throughput(model, requests, args.precision.split(","), args.rounds))
+    speeds, baseline_s = scorer.throughput(model, requests, args.precision.split(","), args.rounds)
+    print(speeds)
+    print(scorer.compute_floor(model, requests, baseline_s), flush=True)
     levels = [int(c) for c in args.clients.split(",")]
     print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5)))
     return 0
@@ -64,10 +66,15 @@ def run_proxy(args: argparse.Namespace) -> int:
         model = args.model or str(packaged_model())
         levels = [int(c) for c in args.clients.split(",")]
         with engine_at(args.engine) as engine:
-            bodies = proxy.prepare(engine)
-            print(f"engine {engine}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
-            with serve_process(engine, "--model", model, ready_path="/_sidecar/ready") as (_, sidecar):
-                runs = asyncio.run(_proxy_runs(proxy, engine, sidecar, bodies, levels, args.requests, args.rounds))
+            bodies = proxy.prepare(engine.url)
+            print(f"engine {engine.url}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
+            with serve_process(engine.url, "--model", model, ready_path="/_sidecar/ready") as (proc, sidecar):
+                pids = {"engine": engine.pid, "sidecar": proc.pid, "client": None}
+                if engine.pid is None:  # an engine of the user's: its CPU is not ours to read
+                    del pids["engine"]
+                runs = asyncio.run(
+                    _proxy_runs(proxy, engine.url, sidecar, bodies, levels, args.requests, args.rounds, pids)
+                )
     except MissingExtra as e:
         print(f"rerank-sidecar: {e}", file=sys.stderr)
         return 1
@@ -76,7 +83,14 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 
 async def _proxy_runs(
-    proxy: Any, engine: str, sidecar: str, bodies: list[bytes], levels: list[int], requests: int, rounds: int
+    proxy: Any,
+    engine: str,
+    sidecar: str,
+    bodies: list[bytes],
+    levels: list[int],
+    requests: int,
+    rounds: int,
+    pids: dict[str, int | None],
 ) -> list[Any]:
     runs = []
     targets = {"direct": engine, "sidecar": sidecar}
@@ -85,7 +99,7 @@ async def _proxy_runs(
             await proxy.drive(url, bodies, clients, min(requests, 300), name)  # warm-up, not counted
         for _ in range(rounds):
             for name, url in targets.items():
-                run = await proxy.drive(url, bodies, clients, requests, name)
+                run = await proxy.measured(url, bodies, clients, requests, name, pids)
                 print(f"  {name:7} {clients:3} clients: {run.rps:7.0f} req/s  p50 {run.p(50):.2f} ms", flush=True)
                 runs.append(run)
     return runs

@@ -82,12 +82,12 @@ def _end_to_end(
     from ..launch import serve_process
 
     index = args.index or f"eval-{folder.name}".lower()
-    with engine_at(args.engine) as engine_url:
-        client = EngineClient(engine_url)
+    with engine_at(args.engine) as engine:
+        client = EngineClient(engine.url)
         index_dataset(client, index, folder)
         config = args.config or _rule_file(out, index, args.depth)
         with serve_process(
-            engine_url,
+            engine.url,
             "--config",
             str(config),
             "--model",

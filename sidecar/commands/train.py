@@ -87,14 +87,16 @@ def _other(kind: str) -> str:
 
 
 def _held_out(model: Path, args: argparse.Namespace) -> float:
-    """Mean nDCG@10 over the held-out sets, reranking their given BM25 candidates."""
+    """Mean nDCG@10 over the held-out sets, reranking their given BM25 candidates in fp32.
+
+    fp32, not the int8 CPU default: the guard rail compares two models, and must not see quantization noise."""
     figures = []
     for folder in args.eval:
         judgments = datasets.qrels(folder)
         queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
         if args.eval_queries:
             queries = dict(list(queries.items())[: args.eval_queries])
-        _, run, _ = evaluation.rerank_candidates(folder, queries, str(model), args.eval_depth)
+        _, run, _ = evaluation.rerank_candidates(folder, queries, str(model), args.eval_depth, "fp32")
         rel = 2 if folder.name.startswith("trec_dl") else 1
         figures.append(evaluation.measure(judgments, run, rel).mean["nDCG@10"])
         print(f"  {folder.name}: nDCG@10 {figures[-1]:.4f}")
@@ -106,8 +108,8 @@ def _miner(args: argparse.Namespace) -> Iterator[Any]:
     if not args.negatives:
         yield None
         return
-    with engine_at(args.engine) as url:
-        client = EngineClient(url, headers={"X-Rerank": "off"})
+    with engine_at(args.engine) as engine:
+        client = EngineClient(engine.url, headers={"X-Rerank": "off"})
         index = f"train-{args.judgments.name}".lower()
         index_dataset(client, index, args.judgments)
 
