@@ -30,7 +30,7 @@ def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.Captu
     assert [r[0] for r in cpu] == ["1", "4"]
     for row in cpu:
         client, engine, sidecar = ([float(x) for x in cell.split(" / ")] for cell in row[1:4])
-        assert engine[0] > 0 and engine[1] > 0  # the engine works in both runs
+        assert engine[0] > 0 and engine[1] > 0 and client[0] > 0  # the engine and the load generator work
         assert sidecar[1] > 10 * max(sidecar[0], 0.001)  # the sidecar idles while the engine is hit directly
         assert 0 < float(row[4].rstrip("x")) < 1  # a proxy only ever adds CPU
 
