@@ -19,7 +19,7 @@ def _rows(text: str, first_header: str) -> list[list[str]]:
 
 
 def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "proxy", "--clients", "1,4", "--requests", "150", "--rounds", "1"]) == 0
+    assert main(["bench", "proxy", "--clients", "1,4", "--requests", "100", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     speed = _rows(out, "| clients | direct req/s")
     assert [r[0] for r in speed[:2]] == ["1", "4"]
@@ -31,7 +31,7 @@ def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.Captu
     for row in cpu:
         client, engine, sidecar = ([float(x) for x in cell.split(" / ")] for cell in row[1:4])
         assert engine[0] > 0 and engine[1] > 0 and client[0] > 0  # the engine and the load generator work
-        assert sidecar[1] > 10 * max(sidecar[0], 0.001)  # the sidecar idles while the engine is hit directly
+        assert sidecar[1] > 0.2 and sidecar[0] < sidecar[1] / 3  # the sidecar idles while the engine is hit directly
         assert 0 < float(row[4].rstrip("x")) < 1  # a proxy only ever adds CPU
 
 
