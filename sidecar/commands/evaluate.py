@@ -6,13 +6,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from tqdm import tqdm
 
 from .. import datasets, evaluation
 from ..bench.stats import percentile
+from ..config import Settings
 from ..embedded import MissingExtra, engine_at, packaged_model
 from ..engine_client import EngineClient, EngineError
 from ..indexing import index_dataset
@@ -26,9 +27,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--model", help="model path or hub id (default: the packaged all-MiniLM-L6-v2)")
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32", "fp16", "bf16", "int8"),
-        default="auto",
-        help="model precision (default auto: int8 on CPU, fp16 on a GPU)",
+        choices=get_args(Settings.model_fields["precision"].annotation),
+        default=Settings.model_fields["precision"].default,
+        help=Settings.model_fields["precision"].description,
     )
     parser.add_argument("--config", type=Path, help="sidecar config for end-to-end mode (default: one rule)")
     parser.add_argument("--index", help="index for the corpus (default: eval-<dataset>)")
@@ -63,8 +64,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     base_m, rer_m = evaluation.measure(judgments, baseline, rel), evaluation.measure(judgments, reranked, rel)
     latency = {"p50": percentile(took, 50), "p99": percentile(took, 99)}
-    info = {"dataset": folder.name, "mode": mode, "model": model, "precision": args.precision, "queries": len(queries)}
-    info["relevant_grade"] = rel
+    info = {
+        "dataset": folder.name,
+        "mode": mode,
+        "model": model,
+        "precision": args.precision,
+        "queries": len(queries),
+        "relevant_grade": rel,
+    }
     rep = evaluation.report(base_m, rer_m, latency, info)
     evaluation.save(rep, out)
     evaluation.write_trec(baseline, out / "baseline.trec", "baseline")
