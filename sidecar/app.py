@@ -9,15 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
-from . import admin
-from .config import Settings
-from .errors import SidecarError
-from .handlers import dispatch
-from .keys import METRICS, RERANK, RERANK_STATUS, ROUTE, SETTINGS, UPSTREAM
-from .metrics import Metrics
-from .rerank.scorer import Scorer
-from .rerank.service import RerankService
-from .upstream import Upstream
+from sidecar.config import Settings
+from sidecar.errors import SidecarError
+from sidecar.http import admin
+from sidecar.http.keys import METRICS, RERANK, RERANK_STATUS, ROUTE, SETTINGS, UPSTREAM
+from sidecar.http.search import dispatch
+from sidecar.metrics import Metrics
+from sidecar.rerank.pipeline import RerankService
+from sidecar.rerank.scorers.base import Scorer
+from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")
@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
     app[UPSTREAM] = Upstream(settings)
     app[METRICS] = Metrics()
     if scorer is None:
-        from .rerank.engine import ModelScorer
+        from sidecar.rerank.scorers.local import ModelScorer
 
         scorer = ModelScorer(settings, app[METRICS])
     app[RERANK] = RerankService(settings, app[UPSTREAM], app[METRICS], scorer=scorer)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import bench, demo, evaluate, load, serve, templates, train
+from sidecar.commands import bench, demo, evaluate, load, serve, templates, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from .config import Settings
+from sidecar.config import Settings
 
 
 def upstream_context(settings: Settings) -> ssl.SSLContext | bool:

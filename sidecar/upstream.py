@@ -12,9 +12,9 @@ from multidict import CIMultiDict
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 from yarl import URL
 
-from .config import Settings
-from .errors import UpstreamTimeout, UpstreamUnavailable
-from .tls import upstream_context
+from sidecar.config import Settings
+from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.tls import upstream_context
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,10 @@ import pytest
 from osmem_server import OsmemServer
 
 from sidecar.config import Settings
-from sidecar.rerank.scorer import Scorer
-
-from .fakes import KeyScorer
-from .models import build_tiny_cross_encoder
-from .servers import Http, SidecarThread
+from sidecar.rerank.scorers.base import Scorer
+from tests.fakes import KeyScorer
+from tests.models import build_tiny_cross_encoder
+from tests.servers import Http, SidecarThread
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from sidecar.app import SERVER_ARGS, create_app
 from sidecar.config import Settings
-from sidecar.launch import free_port
-from sidecar.rerank.scorer import Scorer
+from sidecar.rerank.scorers.base import Scorer
+from sidecar.tools.launch import free_port
 
 
 class SidecarThread:

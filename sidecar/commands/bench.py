@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..embedded import MissingExtra, engine_at, packaged_model
+from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
 
 
 def register(sub: Any) -> None:
@@ -35,8 +35,8 @@ def register(sub: Any) -> None:
 
 
 def run_scorer(args: argparse.Namespace) -> int:
-    from ..bench import scorer
-    from ..datasets import candidates, default_data_dir
+    from sidecar.tools.bench import scorer
+    from sidecar.tools.datasets import candidates, default_data_dir
 
     folder = (args.data or default_data_dir()) / "trec_dl19"
     if not (folder / "bm25_top100.jsonl").exists():
@@ -59,8 +59,8 @@ def run_scorer(args: argparse.Namespace) -> int:
 
 
 def run_proxy(args: argparse.Namespace) -> int:
-    from ..bench import proxy
-    from ..launch import serve_process
+    from sidecar.tools.bench import proxy
+    from sidecar.tools.launch import serve_process
 
     try:
         model = args.model or str(packaged_model())

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import demo, logs
-from ..config import Settings
-from ..embedded import MissingExtra, packaged_model, start_engine
-from ..engine_client import EngineClient
-from ..errors import ModelLoadError
-from ..templates import default_dir
+from sidecar import logs
+from sidecar.config import Settings
+from sidecar.errors import ModelLoadError
+from sidecar.tools import demo
+from sidecar.tools.embedded import MissingExtra, packaged_model, start_engine
+from sidecar.tools.engine_client import EngineClient
+from sidecar.tools.templates import default_dir
 
 
 def register(sub: Any) -> None:

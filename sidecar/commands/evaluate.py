@@ -11,12 +11,12 @@ from typing import Any, get_args
 import yaml
 from tqdm import tqdm
 
-from .. import datasets, evaluation
-from ..bench.stats import percentile
-from ..config import Settings
-from ..embedded import MissingExtra, engine_at, packaged_model
-from ..engine_client import EngineClient, EngineError
-from ..indexing import index_dataset
+from sidecar.config import Settings
+from sidecar.tools import datasets, evaluation
+from sidecar.tools.bench.stats import percentile
+from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
+from sidecar.tools.engine_client import EngineClient, EngineError
+from sidecar.tools.indexing import index_dataset
 
 
 def register(sub: Any) -> None:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _end_to_end(
     folder: Path, queries: dict[str, str], model: str, args: argparse.Namespace, out: Path
 ) -> tuple[evaluation.Run, evaluation.Run, list[float]]:
-    from ..launch import serve_process
+    from sidecar.tools.launch import serve_process
 
     index = args.index or f"eval-{folder.name}".lower()
     with engine_at(args.engine) as engine:

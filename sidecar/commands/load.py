@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import demo
-from ..engine_client import EngineClient, EngineError, basic_auth
-from ..indexing import index_docs
+from sidecar.tools import demo
+from sidecar.tools.engine_client import EngineClient, EngineError, basic_auth
+from sidecar.tools.indexing import index_docs
 
 
 def register(sub: Any) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import logs
-from ..app import SERVER_ARGS, create_app
-from ..config import Settings
-from ..errors import ModelLoadError
-from ..tls import listener_context
-from .settings_args import add_settings_flags, settings_from_args
+from sidecar import logs
+from sidecar.app import SERVER_ARGS, create_app
+from sidecar.commands.settings_args import add_settings_flags, settings_from_args
+from sidecar.config import Settings
+from sidecar.errors import ModelLoadError
+from sidecar.tls import listener_context
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, NoReturn, get_args, get_origin
 
 from pydantic import ValidationError
 
-from ..config import ConfigFileError, Settings
+from sidecar.config import ConfigFileError, Settings
 
 _COMPOUND = (dict, tuple, list)
 

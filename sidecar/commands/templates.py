@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import templates
-from ..engine_client import EngineClient, EngineError, basic_auth
+from sidecar.tools import templates
+from sidecar.tools.engine_client import EngineClient, EngineError, basic_auth
 
 
 def register(sub: Any) -> None:

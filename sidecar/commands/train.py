@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from .. import datasets, evaluation
-from ..embedded import MissingExtra, engine_at, packaged_model
-from ..engine_client import EngineClient, EngineError
-from ..indexing import index_dataset
+from sidecar.tools import datasets, evaluation
+from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
+from sidecar.tools.engine_client import EngineClient, EngineError
+from sidecar.tools.indexing import index_dataset
 
 _LOSSES = {"cross-encoder": ("bce", "lambda"), "bi-encoder": ("contrastive",)}
 
@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import data, trainer
+    from sidecar.tools.training import data, trainer
 
     loss = cast("trainer.Loss", args.loss or _LOSSES[args.kind][0])
     if loss not in _LOSSES[args.kind]:

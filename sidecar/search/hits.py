@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import ScoringOptions
-from .plan import Plan
-from .query_text import is_missing, resolve_path
+from sidecar.config import ScoringOptions
+from sidecar.search.plan import Plan
+from sidecar.search.query_text import is_missing, resolve_path
 
 
 def hit_texts(hit: dict[str, Any], plan: Plan) -> list[str]:

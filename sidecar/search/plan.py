@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import Rule, ScoringOptions, Settings
-from ..errors import BadRequest, ParsingError
-from .query_text import find_query_text, is_missing, resolve_path
+from sidecar.config import Rule, ScoringOptions, Settings
+from sidecar.errors import BadRequest, ParsingError
+from sidecar.search.query_text import find_query_text, is_missing, resolve_path
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from sidecar.bench.proxy import cpu_seconds
 from sidecar.cli import main
+from sidecar.tools.bench.proxy import cpu_seconds
 
 
 def _rows(text: str, first_header: str) -> list[list[str]]:

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from sidecar.cli import main
-from sidecar.launch import free_port, wait_http
-
-from ..servers import Http
+from sidecar.tools.launch import free_port, wait_http
+from tests.servers import Http
 
 
 def test_demo_query_prints_engine_and_reranked_top5_offline() -> None:

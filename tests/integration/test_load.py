@@ -12,9 +12,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from sidecar.launch import serve_process
-
-from ..servers import Http, rss_kb
+from sidecar.tools.launch import serve_process
+from tests.servers import Http, rss_kb
 
 REQUESTS = int(os.environ.get("SIDECAR_LOAD_REQUESTS", "20000"))
 WORDS = ["apple", "banana", "cherry", "date", "parse", "string", "time", "json"]

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sidecar.launch import serve_process as sidecar_process
-
-from ..servers import Http, ThreadServer, echo_app, peak_rss_kb, rss_kb
+from sidecar.tools.launch import serve_process as sidecar_process
+from tests.servers import Http, ThreadServer, echo_app, peak_rss_kb, rss_kb
 
 DOC = json.dumps({"n": 1, "blob": "lorem ipsum dolor sit amet " * 370})  # ~10 KB
 ACTION = b'{"index":{}}\n'

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from .. import servers
-from ..servers import Http, ThreadServer, echo_app
+from tests import servers
+from tests.servers import Http, ThreadServer, echo_app
 
 
 def _same(a: Any, b: Any) -> None:

@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 
 from sidecar.config import Rule
 from sidecar.errors import TooManyRequests
-
-from ..fakes import KeyScorer
-from ..servers import Http, ThreadServer
+from tests.fakes import KeyScorer
+from tests.servers import Http, ThreadServer
 
 RULE = Rule(index="docs*", fields=("text",), window_size=20)
 
@@ -224,8 +223,7 @@ def test_fuzzed_searches_never_get_a_500_from_us(
 @pytest.fixture(scope="module")
 def fuzz_target(osmem: Any) -> Any:
     from sidecar.config import Settings
-
-    from ..servers import SidecarThread
+    from tests.servers import SidecarThread
 
     clone = osmem.clone()
     http = Http()
@@ -240,7 +238,7 @@ def fuzz_target(osmem: Any) -> Any:
 def test_engine_killed_and_restarted_the_sidecar_reports_and_recovers(make_sidecar: Any, http: Http) -> None:
     from osmem_server import OsmemServer
 
-    from sidecar.launch import free_port
+    from sidecar.tools.launch import free_port
 
     addr = f"127.0.0.1:{free_port()}"
     first = OsmemServer.start(japanese=False, addr=addr)

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from sidecar.config import Rule
-
-from ..fakes import KeyScorer, key_score
-from ..servers import Http
+from tests.fakes import KeyScorer, key_score
+from tests.servers import Http
 
 WORDS = ["apple", "banana", "cherry", "durian", "elder", "fig", "grape"]
 

@@ -15,9 +15,8 @@ import trustme
 import urllib3
 from aiohttp import web
 
-from sidecar.launch import free_port, serve_process
-
-from ..servers import echo_app
+from sidecar.tools.launch import free_port, serve_process
+from tests.servers import echo_app
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.datasets import default_data_dir
+from sidecar.tools.datasets import default_data_dir
 
 
 def data_dir(name: str) -> Path:

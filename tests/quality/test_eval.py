@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.cli import main
-
-from .data import data_dir
+from tests.quality.data import data_dir
 
 pytestmark = pytest.mark.quality
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from sidecar.cli import main
-from sidecar.launch import serve_process
-
-from ..servers import Http
-from .data import data_dir
+from sidecar.tools.launch import serve_process
+from tests.quality.data import data_dir
+from tests.servers import Http
 
 pytestmark = pytest.mark.quality
 

@@ -13,13 +13,12 @@ from transformers import AutoTokenizer
 from sidecar.config import ModelSpec, Settings
 from sidecar.errors import ModelLoadError, TooManyRequests
 from sidecar.metrics import Metrics
-from sidecar.rerank.batching import plan_batches
 from sidecar.rerank.cache import LRU
-from sidecar.rerank.engine import ModelScorer
-from sidecar.rerank.models import load_model
-from sidecar.rerank.tokens import PairEncoder
-
-from ..models import build_tiny_cross_encoder, packaged_minilm
+from sidecar.rerank.scorers.batching import plan_batches
+from sidecar.rerank.scorers.local import ModelScorer
+from sidecar.rerank.scorers.models import load_model
+from sidecar.rerank.scorers.tokens import PairEncoder
+from tests.models import build_tiny_cross_encoder, packaged_minilm
 
 DOCS = ["the date string", "parse json", "apple banana " * 40, "", "time ??", "x"]
 

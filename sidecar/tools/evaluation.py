@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import datasets
-from .datasets import Judgments
+from sidecar.tools import datasets
+from sidecar.tools.datasets import Judgments
 
 Run = dict[str, dict[str, float]]
 
@@ -121,8 +121,8 @@ def rerank_candidates(
     """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query)."""
     from tqdm import tqdm
 
-    from .config import ModelSpec
-    from .rerank.models import load_model
+    from sidecar.config import ModelSpec
+    from sidecar.rerank.scorers.models import load_model
 
     loaded = load_model(
         "eval", ModelSpec(path=model), device="auto", precision=precision, max_length=None, token_cache=0

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cache import LRU, text_key
+from sidecar.rerank.cache import LRU, text_key
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Judgments = dict[str, dict[str, int]]
 def default_data_dir() -> Path:
     """$SIDECAR_DATA_DIR, else ../shared/data beside a source checkout."""
     env = os.environ.get("SIDECAR_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def corpus(folder: Path) -> Iterator[dict[str, str]]:

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .config import Settings
-from .upstream import Upstream
+from sidecar.config import Settings
+from sidecar.upstream import Upstream
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .rerank.service import RerankService
+    from sidecar.metrics import Metrics
+    from sidecar.rerank.pipeline import RerankService
 
 SETTINGS = web.AppKey("settings", Settings)
 UPSTREAM = web.AppKey("upstream", Upstream)

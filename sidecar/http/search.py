@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .keys import RERANK, ROUTE
-from .proxy import forward
-from .search.routes import search_route
+from sidecar.http.keys import RERANK, ROUTE
+from sidecar.http.passthrough import forward
+from sidecar.search.routes import search_route
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine_client import EngineClient, EngineError
+from sidecar.tools.engine_client import EngineClient, EngineError
 
 # Folder -> (API path, key holding the objects in a GET reply, key of the object body in each entry)
 _KINDS = {
@@ -23,7 +23,7 @@ _ORDER = ("component_templates", "index_templates", "search_templates")  # an in
 def default_dir() -> Path:
     """$SIDECAR_TEMPLATES_DIR, else the `es_templates/` folder of the source tree."""
     env = os.environ.get("SIDECAR_TEMPLATES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "es_templates"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "es_templates"
 
 
 @dataclass(frozen=True)

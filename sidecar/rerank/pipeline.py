@@ -14,19 +14,19 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..config import Settings
-from ..errors import BadRequest, PayloadTooLarge, RerankFailed, TooManyRequests
-from ..headers import client_response_headers, is_json_media_type, is_ndjson_media_type
-from ..keys import RERANK_STATUS
-from ..metrics import Metrics
-from ..proxy import forward, reply_compat_version, upstream_headers
-from ..search.hits import engine_page, hit_texts, splice
-from ..search.ndjson import dump_msearch, item_indices, parse_msearch
-from ..search.plan import Decision, Plan, decide
-from ..search.routes import SearchRoute
-from ..upstream import Upstream
-from .breaker import CircuitBreaker
-from .scorer import Scorer
+from sidecar.config import Settings
+from sidecar.errors import BadRequest, PayloadTooLarge, RerankFailed, TooManyRequests
+from sidecar.headers import client_response_headers, is_json_media_type, is_ndjson_media_type
+from sidecar.http.keys import RERANK_STATUS
+from sidecar.http.passthrough import forward, reply_compat_version, upstream_headers
+from sidecar.metrics import Metrics
+from sidecar.rerank.breaker import CircuitBreaker
+from sidecar.rerank.scorers.base import Scorer
+from sidecar.search.hits import engine_page, hit_texts, splice
+from sidecar.search.ndjson import dump_msearch, item_indices, parse_msearch
+from sidecar.search.plan import Decision, Plan, decide
+from sidecar.search.routes import SearchRoute
+from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
 

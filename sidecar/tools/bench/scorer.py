@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelSpec, Settings
-from ..datasets import Candidates
-from ..metrics import Metrics
-from .stats import percentile, table
+from sidecar.config import ModelSpec, Settings
+from sidecar.metrics import Metrics
+from sidecar.tools.bench.stats import percentile, table
+from sidecar.tools.datasets import Candidates
 
 Request = tuple[str, list[str]]
 
@@ -36,7 +36,7 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
     import torch
     from sentence_transformers import CrossEncoder
 
-    from ..rerank.models import load_model
+    from sidecar.rerank.scorers.models import load_model
 
     ours = {
         p: load_model("bench", ModelSpec(path=model), device="cpu", precision=p, max_length=None, token_cache=0)
@@ -91,7 +91,7 @@ def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: f
     """
     import torch
 
-    from ..rerank.models import load_model
+    from sidecar.rerank.scorers.models import load_model
 
     loaded = load_model("floor", ModelSpec(path=model), device="cpu", precision="fp32", max_length=None, token_cache=0)
     cfg = loaded.model.config
@@ -137,7 +137,7 @@ def latency(model: str, requests: Sequence[Request], levels: Sequence[int], wait
 
 
 async def _concurrent(settings: Settings, requests: Sequence[Request], clients: int, *, repeat: bool) -> list[float]:
-    from ..rerank.engine import ModelScorer
+    from sidecar.rerank.scorers.local import ModelScorer
 
     scorer = ModelScorer(settings, Metrics())
     await scorer.start()

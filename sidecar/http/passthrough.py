@@ -8,10 +8,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import UpstreamUnavailable
-from .headers import client_response_headers, compat_version, upstream_request_headers
-from .keys import SETTINGS, UPSTREAM
-from .upstream import Body
+from sidecar.errors import UpstreamUnavailable
+from sidecar.headers import client_response_headers, compat_version, upstream_request_headers
+from sidecar.http.keys import SETTINGS, UPSTREAM
+from sidecar.upstream import Body
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import datasets
+from sidecar.tools import datasets
 
 
 @dataclass

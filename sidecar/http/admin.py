@@ -6,8 +6,8 @@ import hmac
 
 from aiohttp import web
 
-from .errors import NotReady, Unauthorized, UpstreamUnavailable
-from .keys import METRICS, RERANK, SETTINGS, UPSTREAM
+from sidecar.errors import NotReady, Unauthorized, UpstreamUnavailable
+from sidecar.http.keys import METRICS, RERANK, SETTINGS, UPSTREAM
 
 
 def _check_token(request: web.Request) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import datasets
-from .engine_client import EngineClient
+from sidecar.tools import datasets
+from sidecar.tools.engine_client import EngineClient
 
 _TITLE_TEXT = {"properties": {"title": {"type": "text"}, "text": {"type": "text"}}}
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import templates
-from .app import SERVER_ARGS, create_app
-from .config import Settings
-from .engine_client import EngineClient
-from .indexing import index_docs
+from sidecar.app import SERVER_ARGS, create_app
+from sidecar.config import Settings
+from sidecar.tools import templates
+from sidecar.tools.engine_client import EngineClient
+from sidecar.tools.indexing import index_docs
 
 INDEX = "passages"
 
@@ -80,7 +80,7 @@ async def run_sidecar(settings: Settings, until: Callable[[str], Awaitable[int]]
 
 
 def read_docs(corpus: Path | None) -> list[dict[str, str]]:
-    from .corpus import read_jsonl, stdlib_docstrings
+    from sidecar.tools.corpus import read_jsonl, stdlib_docstrings
 
     docs: Iterable[dict[str, str]] = read_jsonl(corpus) if corpus else stdlib_docstrings()
     return list(docs)

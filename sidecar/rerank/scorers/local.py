@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..config import ModelSpec, Settings
-from ..errors import ModelLoadError, TooManyRequests
-from ..metrics import Metrics
-from .cache import LRU, text_key
+from sidecar.config import ModelSpec, Settings
+from sidecar.errors import ModelLoadError, TooManyRequests
+from sidecar.metrics import Metrics
+from sidecar.rerank.cache import LRU, text_key
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class _Worker:
         self.error: str | None = None
 
     async def start(self) -> None:
-        from .models import load_model
+        from sidecar.rerank.scorers.models import load_model
 
         loop = asyncio.get_running_loop()
         s = self._settings
@@ -127,7 +127,7 @@ class _Worker:
 
     def _compute(self, jobs: Sequence[_Job]) -> list[list[float]]:
         """Runs in the worker thread: the pairs of all jobs share length-sorted batches."""
-        from .models import LoadedModel
+        from sidecar.rerank.scorers.models import LoadedModel
 
         model = self.model
         assert isinstance(model, LoadedModel)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import aiohttp
 
-from ..corpus import stdlib_docstrings
-from ..engine_client import EngineClient
-from ..indexing import index_docs
-from .stats import percentile, table
+from sidecar.tools.bench.stats import percentile, table
+from sidecar.tools.corpus import stdlib_docstrings
+from sidecar.tools.engine_client import EngineClient
+from sidecar.tools.indexing import index_docs
 
 INDEX = "bench-proxy"
 

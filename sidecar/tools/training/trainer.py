@@ -20,8 +20,8 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from . import losses
-from .data import Example, TrainingSet
+from sidecar.tools.training import losses
+from sidecar.tools.training.data import Example, TrainingSet
 
 log = logging.getLogger(__name__)
 

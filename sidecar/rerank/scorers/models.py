@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from ..config import ModelSpec
-from ..errors import ModelLoadError
-from .batching import plan_batches
-from .tokens import PairEncoder
+from sidecar.config import ModelSpec
+from sidecar.errors import ModelLoadError
+from sidecar.rerank.scorers.batching import plan_batches
+from sidecar.rerank.scorers.tokens import PairEncoder
 
 log = logging.getLogger(__name__)
 # We truncate pairs ourselves (tokens.py) after tokenising whole documents once: the tokenizer's
