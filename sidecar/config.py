@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ from pydantic_settings import (
 ScoreMode = Literal["replace", "normalize", "combine"]
 CombineMode = Literal["total", "multiply", "avg", "max", "min"]
 ModelKind = Literal["auto", "cross-encoder", "bi-encoder"]
+# The name of the model that `model` configures: what rules without a `model`, headers, metrics and /ready call it.
+DEFAULT_MODEL = "default"
 
 
 class _Frozen(BaseModel):
@@ -43,6 +46,7 @@ class Rule(ScoringOptions):
     separator: str = Field("\n", description="joins the fields' values into one text")
     array_mode: Literal["join", "max"] = Field("join", description="array values: joined, or each scored, max kept")
     rerank_timeout_ms: float | None = Field(None, gt=0, description="model deadline for this rule's searches")
+    rerank_budget_ms: float | None = Field(None, ge=0, description="latency budget for this rule's searches")
 
 
 class ModelSpec(_Frozen):
@@ -108,6 +112,12 @@ class Settings(BaseSettings):
     rerank_timeout_ms: float = Field(
         10_000, gt=0, description="model deadline per search; past it the engine's order is returned (fallback)"
     )
+    rerank_budget_ms: float | None = Field(
+        None,
+        ge=0,
+        description="latency budget per search: rerank the longest head of the window the model can score in "
+        "this time (queue included), the rest follows in the engine's order; unset: the whole window",
+    )
     breaker_failures: int = Field(5, ge=1, description="consecutive model failures that open its circuit")
     breaker_cooldown_s: float = Field(30.0, gt=0, description="how long an open circuit sends no work to the model")
     overload: Literal["fallback", "429"] = Field(
@@ -165,7 +175,7 @@ class _StrictYaml(YamlConfigSettingsSource):
             raise ConfigFileError(f"config: cannot read {path}: {e.strerror or e}") from e
         super().__init__(settings_cls, yaml_file=path)
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         import yaml
 
         try:

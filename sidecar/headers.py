@@ -24,7 +24,9 @@ HOP_BY_HOP = frozenset(
 # Never forwarded upstream: we answer Expect ourselves, Host/X-Forwarded-* are ours to set, X-Rerank is ours.
 _NOT_UPSTREAM = frozenset({"host", "expect", "x-forwarded-host", "x-rerank"})
 
-_VENDOR = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)\s*(?:;\s*compatible-with\s*=\s*(\d+))?", re.I)
+# A vendor media type and its parameters (in any order), up to the next media range of an Accept list.
+_VENDOR = re.compile(r"application/vnd\.elasticsearch\+(json|x-ndjson)(?![\w.+-])((?:\s*;[^;,]*)*)", re.I)
+_COMPAT_PARAM = re.compile(r'\s*compatible-with\s*=\s*"?(\d+)"?\s*', re.I)
 
 
 def _without_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -42,13 +44,13 @@ def upstream_request_headers(
         out.popall(name, None)
     out["Host"] = host
     if client_ip:
-        prior = incoming.get("X-Forwarded-For")
+        prior = ", ".join(incoming.getall("X-Forwarded-For", []))  # two fields are one list: keep every hop
         out["X-Forwarded-For"] = f"{prior}, {client_ip}" if prior else client_ip
     out.setdefault("X-Forwarded-Proto", scheme)
     if compat:
         for name in ("Content-Type", "Accept"):
-            if name in out:
-                out[name] = plain_media_type(out[name])
+            for value in out.popall(name, []):
+                out.add(name, plain_media_type(value))
     return out
 
 
@@ -66,15 +68,23 @@ def client_response_headers(
 
 def plain_media_type(value: str) -> str:
     """application/vnd.elasticsearch+json; compatible-with=9 -> application/json (ndjson alike)."""
-    return _VENDOR.sub(lambda m: f"application/{m.group(1).lower()}", value)
+    return _VENDOR.sub(_plain, value)
+
+
+def _plain(m: re.Match[str]) -> str:
+    params = [p for p in m.group(2).split(";")[1:] if not _COMPAT_PARAM.fullmatch(p)]
+    return f"application/{m.group(1).lower()}" + "".join(f";{p}" for p in params)
 
 
 def compat_version(accept: str | None) -> str | None:
     """The compatible-with version a vendor Accept header asks for, if any."""
     if not accept:
         return None
-    m = _VENDOR.search(accept)
-    return m.group(2) if m and m.group(2) else None
+    for m in _VENDOR.finditer(accept):
+        for param in m.group(2).split(";")[1:]:
+            if version := _COMPAT_PARAM.fullmatch(param):
+                return version.group(1)
+    return None
 
 
 def vendor_media_type(content_type: str, version: str) -> str:

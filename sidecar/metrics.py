@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from sidecar.rerank.outcome import Outcome
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -26,6 +31,12 @@ class Metrics:
             buckets=(10, 25, 50, 100, 200, 500, 1000),
             registry=r,
         )
+        self.reranked_fraction = Histogram(
+            "sidecar_rerank_fraction",
+            "Fraction of the window reranked per search (below 1: the latency budget ran out)",
+            buckets=(0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1),
+            registry=r,
+        )
         self.batch_pairs = Histogram(
             "sidecar_batch_pairs",
             "Pairs per model batch",
@@ -36,6 +47,16 @@ class Metrics:
         self.cache = Counter("sidecar_score_cache", "Score cache lookups", ["result"], registry=r)
         self.circuit_open = Gauge("sidecar_circuit_open", "1 while a model's circuit is open", ["model"], registry=r)
         self.rerank = Counter("sidecar_rerank", "Searches by rerank outcome", ["outcome", "reason"], registry=r)
+
+    def record(self, outcome: Outcome) -> None:
+        """A search's outcome (each reranked item of an _msearch counts as one search)."""
+        for o in outcome.items or (outcome,):
+            self.rerank.labels(o.kind, o.reason).inc()
+            if o.kind == "applied":
+                self.window.observe(o.reranked)
+                self.reranked_fraction.observe(o.reranked / o.window if o.window else 1.0)
+                if o.took_ms is not None:
+                    self.rerank_seconds.observe(o.took_ms / 1000)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import attr
 from multidict import CIMultiDict
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
 from yarl import URL
 
 from sidecar.config import Settings
@@ -19,32 +21,79 @@ from sidecar.tls import upstream_context
 log = logging.getLogger(__name__)
 
 Body = bytes | aiohttp.StreamReader | None
+# Builds the session when the app starts (inside the running loop); the seam for tests, like httpx's transport.
+SessionFactory = Callable[[], aiohttp.ClientSession]
+
+# POST endpoints that only read: safe to replay when the connection could not be made.
+_READ_ENDPOINTS = frozenset({"_search", "_msearch", "_count", "_mget", "_field_caps", "_validate", "_explain"})
+# A path that names any of these is never replayed, whatever else it names (a document id may be "_search").
+_NEVER_REPLAYED = frozenset(
+    {"_bulk", "_doc", "_create", "_update", "_update_by_query", "_delete_by_query", "_reindex", "scroll"}
+)
+
+
+def is_retryable(method: str, path: str) -> bool:
+    """Idempotent reads only. Scroll pages and every write are never replayed.
+
+    A POST is a read when its endpoint, the first path segment that starts with ``_`` (index names cannot;
+    ``_all`` is an index expression), is a read endpoint, and no segment names a write: ``/idx/_doc/_search``
+    indexes a document whose id is ``_search``.
+    """
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "/scroll" not in path
+    if method == "POST":
+        parts = [p for p in path.split("/") if p]
+        endpoint = next((p for p in parts if p.startswith("_") and p != "_all"), None)
+        return endpoint in _READ_ENDPOINTS and _NEVER_REPLAYED.isdisjoint(parts)
+    return False
+
+
+def default_session(settings: Settings, *, connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
+    """The session the app uses: a TCP pool from the settings, or ``connector`` (tests: one that opens no socket)."""
+    if connector is None:
+        connector = aiohttp.TCPConnector(
+            limit=settings.pool_size,
+            limit_per_host=settings.pool_size,
+            ttl_dns_cache=300,
+            ssl=upstream_context(settings),
+        )
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout_s, sock_read=settings.upstream_timeout_s
+        ),
+        auto_decompress=False,  # compressed bodies pass as they are
+        cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        raise_for_status=False,
+    )
+    # aiohttp resends GET/PUT/DELETE... once by itself when a kept-alive connection drops before the reply: an
+    # engine that did the DELETE and then dropped would see it twice. Only is_retryable decides what is replayed.
+    # (No public switch exists; aiohttp's own TestClient turns it off the same way.)
+    session._retry_connection = False
+    return session
 
 
 class Upstream:
-    """Requests go to the configured origin only: a request supplies a path and query, never a host."""
+    """Requests go to the configured origin only: a request supplies a path and query, never a host.
 
-    def __init__(self, settings: Settings) -> None:
+    ``session_factory`` replaces the session built from the settings (see ``default_session``); it is called once,
+    in ``start()``, and the session it returns is closed by ``close()``.
+    """
+
+    def __init__(self, settings: Settings, *, session_factory: SessionFactory | None = None) -> None:
         url = URL(str(settings.upstream))
         self.origin = url.origin()
         self.host_header = url.raw_authority
         self._settings = settings
+        self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         s = self._settings
         if s.upstream.scheme == "https" and not s.upstream_verify:
             log.warning("TLS verification towards %s is OFF (upstream_verify: false)", self.origin)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=s.pool_size, limit_per_host=s.pool_size, ttl_dns_cache=300, ssl=upstream_context(s)
-            ),
-            timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout_s, sock_read=s.upstream_timeout_s),
-            auto_decompress=False,  # compressed bodies pass as they are
-            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            raise_for_status=False,
-        )
+        self._session = self._session_factory() if self._session_factory is not None else default_session(s)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -67,27 +116,36 @@ class Upstream:
         jittered backoff until ``retry_deadline_s``; nothing else is ever retried.
         """
         assert self._session is not None, "Upstream.start() was not awaited"
-        session = self._session
         url = self.url(path_qs)
-        resp: aiohttp.ClientResponse | None = None
-        try:
-            resp = await _send(session, method, url, headers, body)
-        except UpstreamUnavailable:
-            if not retry:
-                raise
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(UpstreamUnavailable),
-                stop=stop_after_delay(self._settings.retry_deadline_s),
-                wait=wait_random_exponential(multiplier=0.05, max=1.0),
-                reraise=True,
-            ):
-                with attempt:
-                    resp = await _send(session, method, url, headers, body)
-        assert resp is not None
+        if retry:
+            resp = await self._send_retrying(self._session, method, url, headers, body)
+        else:
+            resp = await _send(self._session, method, url, headers, body, self._session.timeout)
         try:
             yield resp
         finally:
             resp.release()
+
+    async def _send_retrying(
+        self, session: aiohttp.ClientSession, method: str, url: URL, headers: CIMultiDict[str], body: Body
+    ) -> aiohttp.ClientResponse:
+        """The deadline counts from the first attempt. No retry starts after it (tenacity's stop_after_delay would
+        start one after sleeping past it), and a retry's connect is cut at it, so that a connect that hangs cannot
+        run a whole ``connect_timeout_s`` past the deadline. The first attempt has the session's own timeouts."""
+        deadline_s = self._settings.retry_deadline_s
+        deadline = time.monotonic() + deadline_s
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(UpstreamUnavailable),
+            stop=stop_before_delay(deadline_s),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                timeout = session.timeout
+                if attempt.retry_state.attempt_number > 1:
+                    timeout = _connect_within(timeout, deadline - time.monotonic())
+                return await _send(session, method, url, headers, body, timeout)
+        raise AssertionError("unreachable: tenacity re-raises the last attempt's error")
 
     async def json(self, method: str, path_qs: str, body: Any = None, timeout: float | None = None) -> Any:
         """A small request of our own (readiness, templates); returns (status, decoded JSON)."""
@@ -97,12 +155,23 @@ class Upstream:
         try:
             async with self._session.request(method, self.url(path_qs), json=body, headers=headers, timeout=t) as resp:
                 return resp.status, await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as e:  # ValueError: the reply is not JSON
             raise UpstreamUnavailable(f"upstream {self.origin} did not answer: {type(e).__name__}") from e
 
 
+def _connect_within(timeout: aiohttp.ClientTimeout, remaining: float) -> aiohttp.ClientTimeout:
+    """``timeout`` with its connect phase (pool wait and connect) ending at most ``remaining`` seconds from now."""
+    remaining = max(remaining, 0.001)  # aiohttp reads 0 as "no timeout"
+    return attr.evolve(timeout, connect=min(timeout.connect, remaining) if timeout.connect else remaining)
+
+
 async def _send(
-    session: aiohttp.ClientSession, method: str, url: URL, headers: CIMultiDict[str], body: Body
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: Body,
+    timeout: aiohttp.ClientTimeout,
 ) -> aiohttp.ClientResponse:
     try:
         return await session.request(
@@ -113,6 +182,7 @@ async def _send(
             allow_redirects=False,
             compress=None,
             chunked=None,
+            timeout=timeout,
         )
     except aiohttp.ConnectionTimeoutError as e:
         raise UpstreamUnavailable(f"cannot connect to the upstream engine: {type(e).__name__}") from e
@@ -120,3 +190,5 @@ async def _send(
         raise UpstreamTimeout(f"upstream did not answer within the timeout ({url.path})") from e
     except aiohttp.ClientConnectionError as e:
         raise UpstreamUnavailable(f"cannot reach the upstream engine: {type(e).__name__}") from e
+    except aiohttp.ClientResponseError as e:  # not HTTP at all (a wrong port, a broken proxy in between)
+        raise UpstreamUnavailable(f"the upstream engine sent an invalid reply: {type(e).__name__}") from e

@@ -6,6 +6,8 @@ import asyncio
 import zlib
 from collections.abc import Mapping, Sequence
 
+from sidecar.rerank.failures import ScoringFailed
+
 
 def key_score(query: str, text: str) -> float:
     """An arbitrary but fixed order, unrelated to BM25: crc32 of the pair."""
@@ -19,7 +21,7 @@ class KeyScorer:
         self.models = set(models)
         self.fail = fail
         self.hang = hang
-        self.calls: list[tuple[str | None, str, int]] = []
+        self.calls: list[tuple[str, str, int]] = []
 
     async def start(self) -> None:
         pass
@@ -27,16 +29,18 @@ class KeyScorer:
     async def close(self) -> None:
         pass
 
-    def has_model(self, name: str | None) -> bool:
-        return name is None or name in self.models
+    def has_model(self, name: str) -> bool:
+        return name in self.models
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         return {m: {"state": "ready"} for m in self.models}
 
-    async def scores(self, model: str | None, query: str, texts: Sequence[str]) -> list[float]:
+    async def scores(
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+    ) -> list[float]:
         self.calls.append((model, query, len(texts)))
         if self.hang:
             await asyncio.sleep(self.hang)
         if self.fail:
-            raise RuntimeError("model exploded")
+            raise ScoringFailed("model exploded")
         return [key_score(query, t) for t in texts]

@@ -7,7 +7,7 @@ import hmac
 from aiohttp import web
 
 from sidecar.errors import NotReady, Unauthorized, UpstreamUnavailable
-from sidecar.http.keys import METRICS, RERANK, SETTINGS, UPSTREAM
+from sidecar.http.keys import METRICS, PIPELINE, SETTINGS, UPSTREAM
 
 
 def _check_token(request: web.Request) -> None:
@@ -35,13 +35,11 @@ async def ready(request: web.Request) -> web.Response:
         raise NotReady(f"upstream answered {status}")
     version = info.get("version", {}) if isinstance(info, dict) else {}
     detail["upstream"] = {"status": status, "distribution": version.get("distribution", "elasticsearch")}
-    service = request.app.get(RERANK)
-    if service is not None:
-        models = service.readiness()
-        detail["models"] = models
-        not_ready = [name for name, state in models.items() if state.get("state") != "ready"]
-        if not_ready:
-            raise NotReady(f"models not ready: {', '.join(sorted(not_ready))}")
+    models = request.app[PIPELINE].readiness()
+    detail["models"] = models
+    not_ready = [name for name, state in models.items() if state.get("state") != "ready"]
+    if not_ready:
+        raise NotReady(f"models not ready: {', '.join(sorted(not_ready))}")
     return web.json_response({"status": "ready", **detail})
 
 

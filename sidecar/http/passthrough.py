@@ -8,103 +8,93 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sidecar.config import Settings
 from sidecar.errors import UpstreamUnavailable
 from sidecar.headers import client_response_headers, compat_version, upstream_request_headers
-from sidecar.http.keys import SETTINGS, UPSTREAM
-from sidecar.upstream import Body
+from sidecar.upstream import Body, Upstream, is_retryable
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
 _SMALL_REPLY = 256 * 1024
-# POST endpoints that only read: safe to replay when the connection could not be made.
-_READ_ENDPOINTS = frozenset({"_search", "_msearch", "_count", "_mget", "_field_caps", "_validate", "_explain"})
 
 
-def is_retryable(method: str, path: str) -> bool:
-    """Idempotent reads only. Scroll pages and every write are never replayed."""
-    if method in ("GET", "HEAD", "OPTIONS"):
-        return "/scroll" not in path
-    if method == "POST":
-        parts = [p for p in path.split("/") if p]
-        return any(p in _READ_ENDPOINTS for p in parts[-2:]) and "scroll" not in parts
-    return False
+class Forwarder:
+    """Created once at start-up: the header rules and the upstream for every request that is not reranked."""
 
+    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+        self._settings = settings
+        self._upstream = upstream
 
-def upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    settings = request.app[SETTINGS]
-    return upstream_request_headers(
-        request.headers,
-        host=request.app[UPSTREAM].host_header,
-        client_ip=request.remote,
-        scheme=request.scheme,
-        compat=settings.compat_media_types,
-    )
+    def upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
+        return upstream_request_headers(
+            request.headers,
+            host=self._upstream.host_header,
+            client_ip=request.remote,
+            scheme=request.scheme,
+            compat=self._settings.compat_media_types,
+        )
 
+    def reply_compat(self, request: web.Request) -> str | None:
+        """With the compat setting, the vendor version to restore on the reply's Content-Type."""
+        if not self._settings.compat_media_types:
+            return None
+        return compat_version(request.headers.get("Accept")) or compat_version(request.headers.get("Content-Type"))
 
-def reply_compat_version(request: web.Request) -> str | None:
-    """With the compat setting, the vendor version to restore on the reply's Content-Type."""
-    if not request.app[SETTINGS].compat_media_types:
-        return None
-    return compat_version(request.headers.get("Accept")) or compat_version(request.headers.get("Content-Type"))
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes | None = None,
+        *,
+        rewritten: bool = False,
+        extra_headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """Send the request upstream and stream the reply back.
 
-
-async def request_body(request: web.Request, limit: int) -> tuple[Body, bool]:
-    """The body to send and whether the request may be retried (needs a replayable body)."""
-    retry = is_retryable(request.method, request.path)
-    if not request.body_exists:
-        return None, retry
-    length = request.content_length
-    if retry and length is not None and length <= limit:
-        return await request.read(), True
-    return request.content, False
-
-
-async def forward(
-    request: web.Request,
-    body: bytes | None = None,
-    *,
-    buffered: bool = False,
-    rewritten: bool = False,
-    extra_headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    """Send the request upstream and stream the reply back.
-
-    The body is the request's own, streamed; or ``body`` when the caller already read it (``buffered``),
-    and replaced it with its own bytes (``rewritten``: uncompressed JSON of a new length).
-    """
-    settings = request.app[SETTINGS]
-    send: Body
-    if buffered:
-        send, retry = body, is_retryable(request.method, request.path)
-    else:
-        send, retry = await request_body(request, settings.max_search_body_bytes)
-    headers = upstream_headers(request)
-    if rewritten:
-        headers.popall("Content-Encoding", None)
-        headers["Content-Length"] = str(len(body or b""))
-        headers.setdefault("Content-Type", "application/json")
-    async with request.app[UPSTREAM].request(request.method, request.raw_path, headers, send, retry=retry) as resp:
-        reply_headers = client_response_headers(resp.headers, compat_accept=reply_compat_version(request))
-        reply_headers.update(extra_headers or {})
-        if resp.content_length is not None and resp.content_length <= _SMALL_REPLY:
-            # One write for headers and body: most searches and cluster calls are small.
-            data = await _read_small(request, resp)
-            return web.Response(status=resp.status, reason=resp.reason, headers=reply_headers, body=data)
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=reply_headers)
-        await out.prepare(request)
-        try:
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                await out.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            # The status is already sent: never turn a half-received reply into a different one.
-            # Cutting the connection makes the client see a truncated body, as it would from the engine.
-            log.warning("upstream broke off mid-reply on %s %s: %s", request.method, request.path, type(e).__name__)
-            if request.transport is not None:
-                request.transport.close()
+        The body is the request's own, streamed; or ``body`` when the caller already read it, and replaced it
+        with its own bytes (``rewritten``: uncompressed JSON of a new length).
+        """
+        send: Body
+        if body is not None:
+            send, retry = body, is_retryable(request.method, request.path)
+        else:
+            send, retry = await self._request_body(request)
+        headers = self.upstream_headers(request)
+        if rewritten:
+            headers.popall("Content-Encoding", None)
+            headers["Content-Length"] = str(len(body or b""))
+            headers.setdefault("Content-Type", "application/json")
+        async with self._upstream.request(request.method, request.raw_path, headers, send, retry=retry) as resp:
+            reply_headers = client_response_headers(resp.headers, compat_accept=self.reply_compat(request))
+            reply_headers.update(extra_headers or {})
+            if resp.content_length is not None and resp.content_length <= _SMALL_REPLY:
+                # One write for headers and body: most searches and cluster calls are small.
+                data = await _read_small(request, resp)
+                return web.Response(status=resp.status, reason=resp.reason, headers=reply_headers, body=data)
+            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=reply_headers)
+            await out.prepare(request)
+            try:
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    await out.write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                # The status is already sent: never turn a half-received reply into a different one.
+                # Cutting the connection makes the client see a truncated body, as it would from the engine.
+                log.warning("upstream broke off mid-reply on %s %s: %s", request.method, request.path, type(e).__name__)
+                if request.transport is not None:
+                    request.transport.close()
+                return out
+            await out.write_eof()
             return out
-        await out.write_eof()
-        return out
+
+    async def _request_body(self, request: web.Request) -> tuple[Body, bool]:
+        """The body to send and whether the request may be retried (needs a replayable body)."""
+        retry = is_retryable(request.method, request.path)
+        if not request.body_exists:
+            return None, retry
+        length = request.content_length
+        if retry and length is not None and length <= self._settings.max_search_body_bytes:
+            return await request.read(), True
+        return request.content, False
 
 
 async def _read_small(request: web.Request, resp: aiohttp.ClientResponse) -> bytes:

@@ -1,17 +1,76 @@
-"""The catch-all handler: searches go to the rerank service, everything else straight through."""
+"""The catch-all handler: searches go to the rerank pipeline, everything else straight through."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
 
-from sidecar.http.keys import RERANK, ROUTE
-from sidecar.http.passthrough import forward
+from aiohttp import web
+from multidict import CIMultiDict
+
+from sidecar.encoding import accepts_gzip, decode, gzip_body, is_gzip
+from sidecar.errors import PayloadTooLarge
+from sidecar.headers import is_json_media_type, is_ndjson_media_type
+from sidecar.http.keys import FORWARDER, OUTCOME, PIPELINE, ROUTE, SETTINGS
+from sidecar.rerank.outcome import Outcome
+from sidecar.rerank.pipeline import EngineReply, PassThrough, SearchCall
 from sidecar.search.routes import search_route
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     route = search_route(request.method, request.path)
+    forwarder = request.app[FORWARDER]
     if route is None:
-        return await forward(request)
+        return await forwarder.forward(request)
     request[ROUTE] = route.kind
-    return await request.app[RERANK].handle(request, route)
+    raw = await _read(request)
+    text = decode(raw, request.headers.get("Content-Encoding"))
+    if text is None:
+        return await _pass(request, raw, PassThrough(None, Outcome.skipped("unparsed_body")))
+    content_type = request.headers.get("Content-Type")
+    call = SearchCall(
+        kind=route.kind,
+        method=request.method,
+        url=request.rel_url,
+        indices=route.indices,
+        body=text,
+        parseable=(is_ndjson_media_type if route.kind == "msearch" else is_json_media_type)(content_type),
+        headers=forwarder.upstream_headers(request),
+        reply_compat=forwarder.reply_compat(request),
+        opt_out=request.headers.get("X-Rerank", "").strip().lower() == "off",
+    )
+    result = await request.app[PIPELINE].run(call)
+    if isinstance(result, PassThrough):
+        return await _pass(request, raw, result)
+    request[OUTCOME] = result.outcome
+    return _reply(request, result)
+
+
+async def _read(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].max_search_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"search body of {request.content_length} bytes is over the limit of {limit}")
+    return await request.read()
+
+
+async def _pass(request: web.Request, raw: bytes, result: PassThrough) -> web.StreamResponse:
+    request[OUTCOME] = result.outcome
+    body = raw if result.body is None else result.body
+    return await request.app[FORWARDER].forward(
+        request, body, rewritten=result.body is not None, extra_headers=result.outcome.headers()
+    )
+
+
+def _reply(request: web.Request, engine: EngineReply) -> web.Response:
+    """The reranked reply, compressed back if the engine compressed and the client accepts gzip; or the
+    engine's bytes as they came."""
+    headers = CIMultiDict(engine.headers)
+    headers.update(engine.outcome.headers())
+    if engine.json is None:
+        if engine.encoding:
+            headers["Content-Encoding"] = engine.encoding
+        return web.Response(status=engine.status, body=engine.raw, headers=headers)
+    body = json.dumps(engine.json).encode()
+    if is_gzip(engine.encoding) and accepts_gzip(request.headers.get("Accept-Encoding")):
+        body = gzip_body(body)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(status=engine.status, body=body, headers=headers)

@@ -1,1 +1,1 @@
-"""Reranking: the service that orchestrates a rerank, the batcher, the scorers and their caches."""
+"""Reranking: the pipeline (bytes and dicts in, an outcome out), the batcher, caches, the breaker, the scorers."""

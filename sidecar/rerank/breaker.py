@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 class CircuitBreaker:
     """Closed -> open after ``failures`` consecutive failures; after ``cooldown_s`` one trial call is let through
-    (half-open): success closes the circuit, failure opens it again."""
+    (half-open): success closes the circuit, failure opens it again. Every allowed call ends in exactly one
+    of ``success``, ``failure`` or ``release``."""
 
     def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._threshold = failures
@@ -32,6 +33,11 @@ class CircuitBreaker:
             self._trial = True
             return True
         return False
+
+    def release(self) -> None:
+        """A call ended without a verdict on the model (its queue was full, the search went away): a half-open
+        trial is given back, so that the next call can be the trial."""
+        self._trial = False
 
     def success(self) -> None:
         self._failures, self._opened_at, self._trial = 0, None, False

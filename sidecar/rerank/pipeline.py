@@ -1,245 +1,155 @@
-"""Orchestrates a rerank: parse, decide, fetch the window, score, splice, reply."""
+"""The rerank pipeline: an intercepted search in, the reply and one outcome out.
+
+It works on bytes and dicts (no aiohttp.web): the handler reads the request and writes the response. The
+steps are decide (``search.plan``), fetch the window from the engine, score it (the breaker, the deadline
+and the scorer), splice the model's order into the engine's reply.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from aiohttp import web
+import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from sidecar.config import Settings
-from sidecar.errors import BadRequest, PayloadTooLarge, RerankFailed, TooManyRequests
-from sidecar.headers import client_response_headers, is_json_media_type, is_ndjson_media_type
-from sidecar.http.keys import RERANK_STATUS
-from sidecar.http.passthrough import forward, reply_compat_version, upstream_headers
+from sidecar.encoding import decode
+from sidecar.errors import BadRequest, RerankFailed, TooManyRequests, UpstreamUnavailable
+from sidecar.headers import client_response_headers
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
+from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
+from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
 from sidecar.search.hits import engine_page, hit_texts, splice
 from sidecar.search.ndjson import dump_msearch, item_indices, parse_msearch
-from sidecar.search.plan import Decision, Plan, decide
-from sidecar.search.routes import SearchRoute
+from sidecar.search.plan import Decision, Plan, decide, may_rerank
 from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
+class SearchCall:
+    """One intercepted `_search` or `_msearch`, as the handler read it."""
+
+    kind: Literal["search", "msearch"]
+    method: str
+    url: URL  # the client's path and query, relative
+    indices: tuple[str, ...]  # named by the path
+    body: bytes  # decoded (no Content-Encoding)
+    parseable: bool  # the Content-Type is one the engine reads as JSON (NDJSON for _msearch)
+    headers: CIMultiDict[str]  # for the engine: hop-by-hop removed, Host and X-Forwarded-* set
+    reply_compat: str | None  # the vendor media type version to put back on the reply's Content-Type
+    opt_out: bool  # X-Rerank: off
+
+
+@dataclass(frozen=True)
+class PassThrough:
+    """Send the client's request on (its own bytes, or ``body``: our rewrite of it) and stream the reply."""
+
+    body: bytes | None
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
 class EngineReply:
+    """The engine's reply to our request for the window; ``json`` is the reranked reply, or None to send
+    ``raw`` as the engine sent it (errors, non-JSON)."""
+
     status: int
-    headers: CIMultiDict[str]  # for the client, compat applied, length and encoding removed
-    raw: bytes  # as the engine sent it
+    headers: CIMultiDict[str]  # for the client: compat applied, length and encoding removed
+    raw: bytes
     encoding: str | None
-    json: dict[str, Any] | None  # the decoded reply when it is a JSON object
+    json: dict[str, Any] | None
+    outcome: Outcome
 
 
-class RerankService:
-    def __init__(self, settings: Settings, upstream: Upstream, metrics: Metrics, *, scorer: Scorer | None) -> None:
+class RerankPipeline:
+    def __init__(self, settings: Settings, upstream: Upstream, scorer: Scorer, metrics: Metrics) -> None:
         self._settings = settings
         self._upstream = upstream
-        self._metrics = metrics
         self._scorer = scorer
+        self._metrics = metrics
         self._breakers: dict[str, CircuitBreaker] = {}
 
     async def start(self) -> None:
-        if self._scorer is not None:
-            await self._scorer.start()
+        await self._scorer.start()
 
     async def close(self) -> None:
-        if self._scorer is not None:
-            await self._scorer.close()
+        await self._scorer.close()
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         """Per model: the scorer's state, and its circuit when that is not closed."""
-        models = {} if self._scorer is None else self._scorer.readiness()
         return {
             name: {**state, **({"circuit": b.state} if (b := self._breakers.get(name)) and b.state != "closed" else {})}
-            for name, state in models.items()
+            for name, state in self._scorer.readiness().items()
         }
 
-    def _has_model(self, name: str | None) -> bool:
-        return self._scorer is not None and self._scorer.has_model(name)
-
-    def model_name(self, name: str | None) -> str:
-        return name or self._settings.model
-
-    # -- entry point -------------------------------------------------------------------------------------
-
-    async def handle(self, request: web.Request, route: SearchRoute) -> web.StreamResponse:
-        raw = await self._read(request)
-        text = _decode(raw, request.headers.get("Content-Encoding"))
-        opt_out = request.headers.get("X-Rerank", "").strip().lower() == "off"
-        if text is None:
-            return await forward(request, raw, buffered=True)
-        if route.kind == "msearch":
-            return await self._msearch(request, route, raw, text, opt_out)
-        return await self._search(request, route, raw, text, opt_out)
-
-    async def _read(self, request: web.Request) -> bytes:
-        limit = self._settings.max_search_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"search body of {request.content_length} bytes is over the limit of {limit}")
-        return await request.read()
+    async def run(self, call: SearchCall) -> PassThrough | EngineReply:
+        if call.kind == "msearch":
+            return await self._msearch(call)
+        return await self._search(call)
 
     # -- _search -----------------------------------------------------------------------------------------
 
-    async def _search(
-        self, request: web.Request, route: SearchRoute, raw: bytes, text: bytes, opt_out: bool
-    ) -> web.StreamResponse:
-        body = _json_object(text) if is_json_media_type(request.headers.get("Content-Type")) else None
+    async def _search(self, call: SearchCall) -> PassThrough | EngineReply:
+        if not may_rerank(call.body, self._settings.rules, call.indices):  # no JSON parse for most searches
+            return PassThrough(None, Outcome.skipped("disabled_by_header" if call.opt_out else "no_rule"))
+        body = _json_object(call.body) if call.parseable else None
         if body is None:
-            return await forward(request, raw, buffered=True, extra_headers=_skipped("unparsed_body"))
-        params = dict(request.rel_url.query)
-        decision = decide(body, route.indices, params, self._settings, opt_out=opt_out, has_model=self._has_model)
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
+        params = dict(call.url.query)
+        decision = self._decide(body, call.indices, params, call.opt_out)
         if decision.plan is None:
-            return await self._pass(request, raw, decision)
-        plan = decision.plan
+            rewritten = None if decision.body is None else json.dumps(decision.body).encode()
+            return PassThrough(rewritten, Outcome.skipped(decision.reason or ""))
         assert decision.body is not None
         start = time.perf_counter()
-        engine = await self._fetch(request, json.dumps(decision.body).encode(), decision)
-        if engine.status != 200 or engine.json is None:
-            return _respond_raw(engine)
-        reply = engine.json
-        outcome = await self._rerank(reply, plan)
-        reply["took"] = int(reply.get("took", 0)) + round((time.perf_counter() - start) * 1000)
-        return _respond(request, engine, outcome)
+        engine = await self._fetch(call, json.dumps(decision.body).encode(), decision.drop_params)
+        if engine.json is None or engine.status != 200:
+            return _as_sent(engine)
+        outcome = await self._rerank(engine.json, decision.plan)
+        engine.json["took"] = int(engine.json.get("took", 0)) + round((time.perf_counter() - start) * 1000)
+        return _with_outcome(engine, outcome)
 
-    async def _pass(self, request: web.Request, raw: bytes, decision: Decision) -> web.StreamResponse:
-        self._metrics.rerank.labels("skipped", decision.reason or "").inc()
-        request[RERANK_STATUS] = f"skipped:{decision.reason}"
-        extra = _skipped(decision.reason or "")
-        if decision.body is None:
-            return await forward(request, raw, buffered=True, extra_headers=extra)
-        return await forward(
-            request, json.dumps(decision.body).encode(), buffered=True, rewritten=True, extra_headers=extra
-        )
-
-    async def _fetch(self, request: web.Request, body: bytes, decision: Decision) -> EngineReply:
-        headers = upstream_headers(request)
-        headers.popall("Content-Encoding", None)
-        headers["Content-Length"] = str(len(body))
-        headers.setdefault("Content-Type", "application/json")
-        query = [(k, v) for k, v in request.rel_url.query.items() if k not in decision.drop_params]
-        path_qs = str(request.rel_url.with_query(query))
-        t0 = time.perf_counter()
-        async with self._upstream.request(request.method, path_qs, headers, body, retry=True) as resp:
-            data = await resp.read()
-            self._metrics.upstream_seconds.labels("search").observe(time.perf_counter() - t0)
-            out_headers = client_response_headers(
-                resp.headers,
-                drop=("Content-Length", "Content-Encoding"),
-                compat_accept=reply_compat_version(request),
-            )
-            encoding = resp.headers.get("Content-Encoding")
-            plain = _decode(data, encoding)
-            reply = _json_object(plain) if plain is not None else None
-            return EngineReply(resp.status, out_headers, data, encoding, reply)
-
-    # -- scoring -----------------------------------------------------------------------------------------
-
-    async def _rerank(self, reply: dict[str, Any], plan: Plan) -> dict[str, str]:
-        """Splice model order into ``reply``; on failure fall back to the engine's page (or raise, strict)."""
-        model = self.model_name(plan.model)
-        hits = (reply.get("hits") or {}).get("hits") or []
-        breaker = self._breaker(plan.model)
-        t0 = time.perf_counter()
-        try:
-            if not breaker.allow():
-                raise _CircuitOpen
-            scores = await asyncio.wait_for(self._score_hits(hits, plan), plan.timeout_s)
-        except Exception as e:  # the model is not allowed to take search down: fall back, visibly
-            reason = _reason(e)
-            if reason == "overloaded" and self._settings.overload == "429":
-                raise
-            if reason in ("timeout", "model_error"):
-                breaker.failure()
-            log.warning("rerank fell back (%s) for model %s: %s", reason, model, type(e).__name__)
-            self._metrics.rerank.labels("fallback", reason).inc()
-            self._metrics.circuit_open.labels(model).set(breaker.state != "closed")
-            if plan.strict:
-                raise RerankFailed(
-                    f"reranking with model [{model}] failed ({reason}) and failures are not allowed"
-                ) from e
-            engine_page(reply, plan)
-            return {"X-Rerank": f"fallback; reason={reason}", "X-Rerank-Model": model}
-        breaker.success()
-        self._metrics.circuit_open.labels(model).set(0)
-        took = time.perf_counter() - t0
-        self._metrics.rerank_seconds.observe(took)
-        self._metrics.window.observe(len(hits))
-        self._metrics.rerank.labels("applied", plan.source).inc()
-        splice(reply, plan, scores, model)
-        return {"X-Rerank": "applied", "X-Rerank-Model": model, "X-Rerank-Took-Ms": f"{took * 1000:.1f}"}
-
-    def _breaker(self, name: str | None) -> CircuitBreaker:
-        key = name or "default"
-        if key not in self._breakers:
-            s = self._settings
-            self._breakers[key] = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
-        return self._breakers[key]
-
-    async def _score_hits(self, hits: list[dict[str, Any]], plan: Plan) -> list[float]:
-        if not hits:
-            return []
-        assert self._scorer is not None
-        per_hit = [hit_texts(h, plan) for h in hits]
-        flat = [t for texts in per_hit for t in texts]
-        flat_scores = await self._scorer.scores(plan.model, plan.query, flat)
-        out, i = [], 0
-        for texts in per_hit:
-            out.append(max(flat_scores[i : i + len(texts)]))
-            i += len(texts)
-        return out
+    def _decide(
+        self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool
+    ) -> Decision:
+        return decide(body, indices, params, self._settings, opt_out=opt_out, has_model=self._scorer.has_model)
 
     # -- _msearch ----------------------------------------------------------------------------------------
 
-    async def _msearch(
-        self, request: web.Request, route: SearchRoute, raw: bytes, text: bytes, opt_out: bool
-    ) -> web.StreamResponse:
-        pairs = parse_msearch(text) if is_ndjson_media_type(request.headers.get("Content-Type")) else None
+    async def _msearch(self, call: SearchCall) -> PassThrough | EngineReply:
+        pairs = parse_msearch(call.body) if call.parseable else None
         if pairs is None:
-            return await forward(request, raw, buffered=True, extra_headers=_skipped("unparsed_body"))
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
         if len(pairs) > self._settings.max_msearch_items:
             limit = self._settings.max_msearch_items
             raise BadRequest(f"_msearch of {len(pairs)} searches is over the maximum of {limit} (max_msearch_items)")
-        params = {k: v for k, v in request.rel_url.query.items() if k == "filter_path"}
-        decisions = [
-            decide(
-                b,
-                item_indices(h, route.indices),
-                params,
-                self._settings,
-                opt_out=opt_out,
-                has_model=self._has_model,
-            )
-            for h, b in pairs
-        ]
+        params = {k: v for k, v in call.url.query.items() if k == "filter_path"}
+        decisions = [self._decide(b, item_indices(h, call.indices), params, call.opt_out) for h, b in pairs]
         plans = [d.plan for d in decisions]
-        if not any(plans) and all(d.body is None for d in decisions):
-            return await forward(request, raw, buffered=True, extra_headers=_skipped("no_item_reranked"))
-        new_pairs = [(h, d.body if d.body is not None else b) for (h, b), d in zip(pairs, decisions, strict=True)]
         if not any(plans):
-            return await forward(
-                request,
-                dump_msearch(new_pairs),
-                buffered=True,
-                rewritten=True,
-                extra_headers=_skipped("no_item_reranked"),
-            )
+            if all(d.body is None for d in decisions):
+                return PassThrough(None, Outcome.skipped("no_item_reranked"))
+            rewritten = [(h, d.body if d.body is not None else b) for (h, b), d in zip(pairs, decisions, strict=True)]
+            return PassThrough(dump_msearch(rewritten), Outcome.skipped("no_item_reranked"))
         start = time.perf_counter()
-        engine = await self._fetch(request, dump_msearch(new_pairs), Decision(None))
+        sent = [(h, d.body if d.body is not None else b) for (h, b), d in zip(pairs, decisions, strict=True)]
+        engine = await self._fetch(call, dump_msearch(sent), ())
         responses = engine.json.get("responses") if engine.json is not None else None
         if engine.status != 200 or not isinstance(responses, list) or len(responses) != len(plans):
-            return _respond_raw(engine)
+            return _as_sent(engine)
 
-        async def one(item: Any, plan: Plan | None) -> dict[str, str] | None:
+        async def one(item: Any, plan: Plan | None) -> Outcome | None:
             if plan is None or not isinstance(item, dict) or "error" in item or item.get("status", 200) != 200:
                 return None
             return await self._rerank(item, plan)
@@ -249,44 +159,104 @@ class RerankService:
         for item, plan in zip(responses, plans, strict=True):
             if plan is not None and isinstance(item, dict) and "took" in item:
                 item["took"] = int(item["took"]) + took
-        applied = [o for o in outcomes if o]
-        summary = {"X-Rerank": f"applied; items={sum(1 for o in applied if o['X-Rerank'] == 'applied')}"}
-        fallbacks = [o["X-Rerank"] for o in applied if o["X-Rerank"] != "applied"]
-        if fallbacks:
-            summary["X-Rerank"] += f"; {fallbacks[0]}"
-        models = sorted({o["X-Rerank-Model"] for o in applied})
-        if models:
-            summary["X-Rerank-Model"] = ",".join(models)
-        return _respond(request, engine, summary)
+        items = tuple(o for o in outcomes if o is not None)
+        return _with_outcome(engine, Outcome("applied", items=items) if items else Outcome.skipped("no_item_reranked"))
 
+    # -- the engine --------------------------------------------------------------------------------------
 
-class _CircuitOpen(Exception):
-    """The model's circuit is open: no work is sent to it until the cool-down ends."""
+    async def _fetch(self, call: SearchCall, body: bytes, drop_params: tuple[str, ...]) -> EngineReply:
+        headers = CIMultiDict(call.headers)
+        headers.popall("Content-Encoding", None)
+        headers["Content-Length"] = str(len(body))
+        headers.setdefault("Content-Type", "application/json")
+        query = [(k, v) for k, v in call.url.query.items() if k not in drop_params]
+        path_qs = str(call.url.with_query(query))
+        t0 = time.perf_counter()
+        async with self._upstream.request(call.method, path_qs, headers, body, retry=True) as resp:
+            try:
+                data = await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise UpstreamUnavailable(f"the upstream engine broke off its reply: {type(e).__name__}") from e
+            self._metrics.upstream_seconds.labels("search").observe(time.perf_counter() - t0)
+            out_headers = client_response_headers(
+                resp.headers, drop=("Content-Length", "Content-Encoding"), compat_accept=call.reply_compat
+            )
+            encoding = resp.headers.get("Content-Encoding")
+            plain = decode(data, encoding)
+            reply = _json_object(plain) if plain is not None else None
+            return EngineReply(resp.status, out_headers, data, encoding, reply, Outcome.skipped("engine_error"))
 
+    # -- scoring -----------------------------------------------------------------------------------------
 
-def _reason(e: Exception) -> str:
-    if isinstance(e, TimeoutError):
-        return "timeout"
-    if isinstance(e, _CircuitOpen):
-        return "circuit_open"
-    if isinstance(e, TooManyRequests):
-        return "overloaded"
-    return "model_error"
-
-
-def _skipped(reason: str) -> dict[str, str]:
-    return {"X-Rerank": f"skipped; reason={reason}"}
-
-
-def _decode(raw: bytes, encoding: str | None) -> bytes | None:
-    if not encoding or encoding.lower() == "identity":
-        return raw
-    if encoding.lower() in ("gzip", "x-gzip"):
+    async def _rerank(self, reply: dict[str, Any], plan: Plan) -> Outcome:
+        """Splice the model's order into ``reply``; if scoring fails, the engine's page (or raise, strict)."""
+        hits = (reply.get("hits") or {}).get("hits") or []
+        texts = [hit_texts(h, plan) for h in hits]  # our own code: a bug here is ours, not the model's
+        t0 = time.perf_counter()
         try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError):
-            return None
-    return None  # an encoding we do not read: pass through untouched
+            scores = await self._score(texts, plan)
+        except ScoringFailed as e:
+            if isinstance(e, Overloaded) and self._settings.overload == "429":
+                raise TooManyRequests(str(e), headers={"Retry-After": "1"}) from e
+            log.warning("rerank fell back (%s) for model %s: %s", e.reason, plan.model, e)
+            if plan.strict:
+                raise RerankFailed(
+                    f"reranking with model [{plan.model}] failed ({e.reason}) and failures are not allowed"
+                ) from e
+            engine_page(reply, plan)
+            return Outcome("fallback", e.reason, model=plan.model, window=len(hits))
+        took_ms = (time.perf_counter() - t0) * 1000
+        splice(reply, plan, scores, plan.model)
+        return Outcome("applied", plan.source, plan.model, window=len(hits), reranked=len(scores), took_ms=took_ms)
+
+    async def _score(self, per_hit: list[list[str]], plan: Plan) -> list[float]:
+        """One score per hit (its best text) for the head of the window that the budget allows (all of it
+        without one), within the deadline, through the model's circuit breaker."""
+        if not per_hit:
+            return []
+        breaker = self._breaker(plan.model)
+        if not breaker.allow():
+            raise CircuitOpen(f"model [{plan.model}] circuit is open")
+        flat = [t for texts in per_hit for t in texts]
+        try:
+            flat_scores = await asyncio.wait_for(self._flat_scores(plan, flat), plan.timeout_s)
+        except TimeoutError as e:
+            self._settle(breaker, plan.model, breaker.failure)
+            raise ScoringTimeout(f"no scores within {plan.timeout_s * 1000:.0f} ms") from e
+        except ScoringFailed as e:
+            self._settle(breaker, plan.model, breaker.failure if e.counts_against_model else breaker.release)
+            raise
+        except BaseException:  # our own bug, or the search was cancelled: no verdict on the model
+            breaker.release()
+            raise
+        self._settle(breaker, plan.model, breaker.success)
+        out, i = [], 0
+        for texts in per_hit:  # a hit counts as scored when all its texts are
+            if i + len(texts) > len(flat_scores):
+                break
+            out.append(max(flat_scores[i : i + len(texts)]))
+            i += len(texts)
+        return out
+
+    async def _flat_scores(self, plan: Plan, texts: list[str]) -> list[float]:
+        """With a budget, a page after the first continues the head that page 1 reranked, from the score
+        cache, at no model cost; only where nothing is cached (evicted, or page 1 went to another replica)
+        is a fresh head scored within the budget."""
+        if plan.budget_s is not None and plan.start > 0:
+            cached = await self._scorer.scores(plan.model, plan.query, texts, budget_s=0.0)
+            if cached:
+                return cached
+        return await self._scorer.scores(plan.model, plan.query, texts, budget_s=plan.budget_s)
+
+    def _settle(self, breaker: CircuitBreaker, model: str, verdict: Callable[[], None]) -> None:
+        verdict()
+        self._metrics.circuit_open.labels(model).set(breaker.state != "closed")
+
+    def _breaker(self, model: str) -> CircuitBreaker:
+        if model not in self._breakers:
+            s = self._settings
+            self._breakers[model] = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
+        return self._breakers[model]
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -299,21 +269,10 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _respond_raw(engine: EngineReply) -> web.Response:
-    """The engine's reply exactly as it came (errors, non-JSON)."""
-    headers = CIMultiDict(engine.headers)
-    if engine.encoding:
-        headers["Content-Encoding"] = engine.encoding
-    return web.Response(status=engine.status, body=engine.raw, headers=headers)
+def _as_sent(engine: EngineReply) -> EngineReply:
+    """The engine's reply exactly as it came (an error, not JSON, not the shape we expect)."""
+    return EngineReply(engine.status, engine.headers, engine.raw, engine.encoding, None, engine.outcome)
 
 
-def _respond(request: web.Request, engine: EngineReply, extra: Mapping[str, str]) -> web.Response:
-    """The reranked reply; compressed back if the engine compressed and the client accepts gzip."""
-    body = json.dumps(engine.json).encode()
-    headers = CIMultiDict(engine.headers)
-    headers.update(extra)
-    gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    if engine.encoding and engine.encoding.lower() in ("gzip", "x-gzip") and gzip_ok:
-        body = gzip.compress(body, compresslevel=5)
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(status=engine.status, body=body, headers=headers)
+def _with_outcome(engine: EngineReply, outcome: Outcome) -> EngineReply:
+    return EngineReply(engine.status, engine.headers, engine.raw, engine.encoding, engine.json, outcome)

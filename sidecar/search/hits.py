@@ -40,7 +40,7 @@ def final_score(engine: float | None, model: float, opts: ScoringOptions) -> flo
     if opts.score_mode == "replace":
         return model
     if opts.score_mode == "normalize":  # Elasticsearch's text_similarity_reranker normalisation
-        return max(model, 0.0) + min(math.exp(model), 1.0)
+        return max(model, 0.0) + (1.0 if model >= 0 else math.exp(model))
     q, r = opts.query_weight * (engine or 0.0), opts.rerank_weight * model
     return {
         "total": q + r,
@@ -52,34 +52,46 @@ def final_score(engine: float | None, model: float, opts: ScoringOptions) -> flo
 
 
 def splice(reply: dict[str, Any], plan: Plan, model_scores: Sequence[float], model_name: str) -> dict[str, Any]:
-    """Reorder the window by the model, keep [from, from + size); everything else stays the engine's."""
+    """Reorder the window by the model, keep [from, from + size); everything else stays the engine's.
+
+    ``model_scores`` may cover only a head of the window (a latency budget ran out): the rest follows in the
+    engine's order below it, each hit scored one less than the one above, so that ``_score`` never rises
+    down the list in any score mode. ``min_score`` drops any hit, head or tail, whose final score is below it.
+    """
     hits_obj = reply.get("hits")
     if not isinstance(hits_obj, dict):
         return reply
     window: list[dict[str, Any]] = hits_obj.get("hits") or []
-    scored = []
-    for rank, (hit, s) in enumerate(zip(window, model_scores, strict=True)):
+    head = len(model_scores)
+    ranked: list[tuple[Any, int, Any, dict[str, Any], str]] = []  # (final score, engine rank, engine score...)
+    for rank, (hit, s) in enumerate(zip(window, model_scores, strict=False)):
         engine = hit.get("_score")
-        scored.append((final_score(engine, s, plan.scoring), rank, engine, hit))
-    scored.sort(key=lambda t: (-t[0], t[1]))  # ties keep the engine's order
+        score = final_score(engine, s, plan.scoring)
+        why = f"reranked by model [{model_name}] ({plan.scoring.score_mode})"
+        ranked.append((score, rank, engine, hit, why))
+    ranked.sort(key=lambda t: (-t[0], t[1]))  # ties keep the engine's order
+    floor = ranked[-1][0] if ranked else None
+    for n, hit in enumerate(window[head:]):
+        engine = hit.get("_score")
+        below = floor - (n + 1) if floor is not None else engine
+        why = f"not reranked: past the head of {head} that the latency budget allowed in a window of {len(window)}"
+        ranked.append((below, head + n, engine, hit, why))
     if plan.scoring.min_score is not None:
-        scored = [t for t in scored if t[0] >= plan.scoring.min_score]
-    page = scored[plan.start : plan.start + plan.size]
+        ranked = [t for t in ranked if t[0] is not None and t[0] >= plan.scoring.min_score]
     out = []
-    for score, rank, engine, hit in page:
+    for score, rank, engine, hit, why in ranked[plan.start : plan.start + plan.size]:
         hit = dict(hit)
         hit["_score"] = score
         _hide(hit, plan)
         if plan.explain:
             hit["_explanation"] = {
                 "value": score,
-                "description": f"reranked by model [{model_name}] ({plan.scoring.score_mode}); "
-                f"engine score [{engine}], engine rank [{rank + 1}]",
+                "description": f"{why}; engine score [{engine}], engine rank [{rank + 1}]",
                 "details": [hit["_explanation"]] if "_explanation" in hit else [],
             }
         out.append(hit)
     hits_obj["hits"] = out
-    hits_obj["max_score"] = scored[0][0] if scored else None
+    hits_obj["max_score"] = ranked[0][0] if ranked else None
     return reply
 
 

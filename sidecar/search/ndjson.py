@@ -7,12 +7,17 @@ from typing import Any
 
 
 def parse_msearch(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]] | None:
-    """Header/body pairs, or None if the body is not well-formed (the engine then says why)."""
-    lines = [line for line in raw.split(b"\n") if line.strip()]
+    """Header/body pairs, or None if the body is not well-formed (the engine then says why).
+
+    As the engines read it: one line each, the final newline optional, and an empty header line an empty
+    header (the path's indices). An empty body line is left to the engine to judge."""
+    lines = raw.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
     if not lines or len(lines) % 2:
         return None
     try:
-        items = [json.loads(line) for line in lines]
+        items = [json.loads(line) if line.strip() or n % 2 else {} for n, line in enumerate(lines)]
     except (ValueError, UnicodeDecodeError):
         return None
     if not all(isinstance(i, dict) for i in items):

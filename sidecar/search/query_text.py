@@ -78,7 +78,7 @@ def resolve_path(doc: Any, path: str) -> Any:
                 if value is not _MISSING:
                     return value
         return _MISSING
-    if isinstance(doc, list) and head.isdigit() and int(head) < len(doc):
+    if isinstance(doc, list) and head.isascii() and head.isdigit() and int(head) < len(doc):
         return resolve_path(doc[int(head)], rest) if dot else doc[int(head)]
     return _MISSING
 

@@ -20,7 +20,8 @@ def search_route(method: str, path: str) -> SearchRoute | None:
     parts = path.strip("/").split("/")
     if len(parts) == 1 and parts[0] in ("_search", "_msearch"):
         return SearchRoute(parts[0][1:], ())  # type: ignore[arg-type]
-    if len(parts) == 2 and parts[1] in ("_search", "_msearch") and parts[0] and not parts[0].startswith("_"):
+    named = parts[0] and (not parts[0].startswith("_") or parts[0] == "_all")  # _all: every index, by name
+    if len(parts) == 2 and parts[1] in ("_search", "_msearch") and named:
         indices = tuple(i for i in unquote(parts[0]).split(",") if i)
         return SearchRoute(parts[1][1:], indices)  # type: ignore[arg-type]
     return None

@@ -23,3 +23,17 @@ def test_opens_after_consecutive_failures_and_lets_one_trial_through_after_coold
     assert b.allow()
     b.success()
     assert b.state == "closed" and b.allow() and b.allow()
+
+
+def test_a_trial_without_a_verdict_is_given_back() -> None:
+    """A half-open trial that ends neither well nor badly (the queue was full, the client left) must not keep
+    the circuit half-open with no trial allowed, forever."""
+    now = [0.0]
+    b = CircuitBreaker(failures=1, cooldown_s=10, clock=lambda: now[0])
+    b.failure()
+    now[0] = 10.0
+    assert b.allow() and not b.allow()
+    b.release()
+    assert b.state == "half_open" and b.allow()  # the next call is the trial
+    b.success()
+    assert b.state == "closed"

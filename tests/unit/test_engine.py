@@ -11,11 +11,12 @@ import torch
 from transformers import AutoTokenizer
 
 from sidecar.config import ModelSpec, Settings
-from sidecar.errors import ModelLoadError, TooManyRequests
+from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
 from sidecar.rerank.cache import LRU
+from sidecar.rerank.failures import Overloaded
 from sidecar.rerank.scorers.batching import plan_batches
-from sidecar.rerank.scorers.local import ModelScorer
+from sidecar.rerank.scorers.local import LocalScorer
 from sidecar.rerank.scorers.models import load_model
 from sidecar.rerank.scorers.tokens import PairEncoder
 from tests.models import build_tiny_cross_encoder, packaged_minilm
@@ -126,26 +127,21 @@ def test_packaged_minilm_is_a_bi_encoder_that_ranks_sensibly() -> None:
     assert scores[0] == max(scores) and all(-1.0 <= s <= 1.0 for s in scores)
 
 
-async def test_scorer_batches_across_requests_caches_and_drops_cancelled(tiny_model: str) -> None:
+async def test_scorer_batches_across_requests_caches_and_refuses_when_full(tiny_model: str) -> None:
     settings = Settings(model=tiny_model, precision="fp32", max_wait_ms=30, queue_pairs=50)
     metrics = Metrics()
-    scorer = ModelScorer(settings, metrics)
+    scorer = LocalScorer(settings, metrics)
     await scorer.start()
     try:
         assert scorer.readiness()["default"]["state"] == "ready"
-        first = await asyncio.gather(*(scorer.scores(None, f"q{i}", DOCS) for i in range(4)))
+        first = await asyncio.gather(*(scorer.scores("default", f"q{i}", DOCS) for i in range(4)))
         assert all(len(s) == len(DOCS) for s in first)
-        again = await scorer.scores(None, "q0", DOCS)
+        again = await scorer.scores("default", "q0", DOCS)
         assert again == first[0]
         assert scorer._cache.hits >= len(DOCS)
-        with pytest.raises(TooManyRequests):
-            await scorer.scores(None, "big", [f"doc {i}" for i in range(60)])
-        task = asyncio.create_task(scorer.scores(None, "cancel me", ["a", "b"]))
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert len(await scorer.scores(None, "after", ["a"])) == 1  # the worker keeps serving
+        with pytest.raises(Overloaded):
+            await scorer.scores("default", "big", [f"doc {i}" for i in range(60)])
+        assert len(await scorer.scores("default", "after", ["a"])) == 1  # the worker keeps serving
     finally:
         await scorer.close()
 

@@ -1,0 +1,1 @@
+"""Scorer backends behind one Protocol (``base.Scorer``): ``local`` runs models in this process."""

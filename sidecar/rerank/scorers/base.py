@@ -1,4 +1,4 @@
-"""The one interface the search side uses to score documents."""
+"""The one interface the rerank pipeline uses to score documents; local and remote backends implement it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from typing import Protocol, runtime_checkable
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Scores (query, text) pairs with a named model; higher is more relevant."""
+    """Scores (query, text) pairs with a named model; higher is more relevant.
+
+    The texts come in the engine's order, best first: a scorer that cannot score them all in time scores a
+    prefix. A failure to score raises ``sidecar.rerank.failures.ScoringFailed`` (or a subclass: ``Overloaded`` for a
+    full queue). Anything else a scorer raises is counted as the model's failure too.
+    """
 
     async def start(self) -> None:
         """Load and warm up every model (called once, with the app)."""
@@ -16,11 +21,16 @@ class Scorer(Protocol):
     async def close(self) -> None:
         """Release models and worker threads."""
 
-    def has_model(self, name: str | None) -> bool:
-        """Whether ``name`` (None: the default model) can be scored."""
+    def has_model(self, name: str) -> bool:
+        """Whether the model ``name`` (``DEFAULT_MODEL`` for the default) can be scored."""
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         """Per model: {"state": "loading" | "ready" | "failed", ...}."""
 
-    async def scores(self, model: str | None, query: str, texts: Sequence[str]) -> list[float]:
-        """One score per text, in the given order."""
+    async def scores(
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+    ) -> list[float]:
+        """One score per text, in the given order.
+
+        With ``budget_s``, the scores of the longest prefix of ``texts`` that could be scored within that many
+        seconds (scores already known, from a cache, cost nothing; 0 asks for those alone)."""

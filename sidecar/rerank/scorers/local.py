@@ -1,47 +1,53 @@
-"""The model scorer: one worker thread per model, a bounded queue, micro-batches across requests, a score cache."""
+"""The local scorer: models loaded in this process, one thread and one batcher each, and a score cache."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sidecar.config import ModelSpec, Settings
-from sidecar.errors import ModelLoadError, TooManyRequests
+from sidecar.config import DEFAULT_MODEL, ModelSpec, Settings
+from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
+from sidecar.rerank.batcher import Batcher, estimate_tokens
 from sidecar.rerank.cache import LRU, text_key
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sidecar.rerank.scorers.models import LoadedModel
 
 
-@dataclass
-class _Job:
-    query: str
-    texts: list[str]
-    future: asyncio.Future[list[float]]
-    enqueued: float = field(default_factory=time.perf_counter)
+_CALIBRATION_TEXT = (
+    "A passage of about the length the engines return: a few sentences of plain prose that the model reads "
+    "with the query, so that the first searches' budgets are planned on a measured rate, not a guess. "
+) * 2
 
 
-class _Worker:
-    """Owns one model: its own thread (never the loop, never the default executor) and its queue."""
+class _LocalModel:
+    """One model: its own thread (never the loop, never the default executor) and its batcher."""
 
     def __init__(self, name: str, spec: ModelSpec, settings: Settings, metrics: Metrics) -> None:
         self.name = name
         self.spec = spec
         self._settings = settings
-        self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._pending_pairs = 0
-        self._task: asyncio.Task[None] | None = None
-        self.model: object | None = None
+        self.model: LoadedModel | None = None
         self.state = "loading"
         self.error: str | None = None
+        self.batcher = Batcher(
+            name,
+            self._compute,
+            self._executor,
+            metrics,
+            queue_pairs=settings.queue_pairs,
+            budget_pairs=max(1, settings.batch_tokens // 64),
+            max_wait_s=settings.max_wait_ms / 1000,
+            order_horizon_s=settings.rerank_timeout_ms / 1000,
+            estimate=self._estimate,
+        )
+        self._max_tokens = 512.0
 
     async def start(self) -> None:
         from sidecar.rerank.scorers.models import load_model
@@ -66,115 +72,71 @@ class _Worker:
             self.state, self.error = "failed", str(e)
             raise
         self.model = model
+        self._max_tokens = float(model.encoder.max_length * model.encoder.max_chunks)
+        await self._calibrate(loop)
         self.state = "ready"
-        self._task = asyncio.create_task(self._run(), name=f"batcher-{self.name}")
+        self.batcher.start()
+
+    async def _calibrate(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A first rate for the cost model, from one timed pass of passage-sized pairs."""
+        query, texts = "how is the model's speed measured", [_CALIBRATION_TEXT] * 8
+        started = time.perf_counter()
+        await loop.run_in_executor(self._executor, self._compute, [(query, texts)])
+        self.batcher.calibrate(time.perf_counter() - started, sum(self._estimate(query, t) for t in texts))
+
+    def _estimate(self, query: str, text: str) -> float:
+        return min(self._max_tokens, estimate_tokens(query, text))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, query: str, texts: list[str]) -> list[float]:
-        if self._pending_pairs + len(texts) > self._settings.queue_pairs:
-            raise TooManyRequests(f"model [{self.name}] queue is full", headers={"Retry-After": "1"})
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
-        self._pending_pairs += len(texts)
-        self._metrics.queue_pairs.inc(len(texts))
-        self._queue.put_nowait(_Job(query, texts, future))
-        return await future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self._settings.max_wait_ms / 1000
-        while True:
-            jobs = [await self._queue.get()]
-            if wait:
-                deadline = loop.time() + wait
-                while (remaining := deadline - loop.time()) > 0 and self._pairs(jobs) < self._budget_pairs():
-                    try:
-                        jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except TimeoutError:
-                        break
-            # One pass takes about one batch budget of pairs: more would make the first requests wait for the
-            # last (head-of-line), and on a CPU merging does not raise throughput.
-            while not self._queue.empty() and self._pairs(jobs) < self._budget_pairs():
-                jobs.append(self._queue.get_nowait())
-            for job in jobs:
-                self._pending_pairs -= len(job.texts)
-                self._metrics.queue_pairs.dec(len(job.texts))
-            live = [j for j in jobs if not j.future.cancelled()]  # cancelled requests cost nothing
-            if not live:
-                continue
-            try:
-                results = await loop.run_in_executor(self._executor, self._compute, live)
-            except Exception as e:
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            for job, scores in zip(live, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(scores)
-
-    def _budget_pairs(self) -> int:
-        return max(1, self._settings.batch_tokens // 64)
-
-    @staticmethod
-    def _pairs(jobs: Sequence[_Job]) -> int:
-        return sum(len(j.texts) for j in jobs)
-
-    def _compute(self, jobs: Sequence[_Job]) -> list[list[float]]:
-        """Runs in the worker thread: the pairs of all jobs share length-sorted batches."""
-        from sidecar.rerank.scorers.models import LoadedModel
-
-        model = self.model
-        assert isinstance(model, LoadedModel)
-        results = model.score_many([(job.query, job.texts) for job in jobs], self._settings.batch_tokens)
-        self._metrics.batch_pairs.observe(self._pairs(jobs))
-        return results
+    def _compute(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
+        """Runs in the model's thread: the pairs of all jobs share length-sorted batches."""
+        assert self.model is not None
+        return self.model.score_many(jobs, self._settings.batch_tokens)
 
 
-class ModelScorer:
-    """The Scorer the app uses by default: named models from settings plus the default model."""
+class LocalScorer:
+    """The Scorer the app uses by default: the default model plus the named models from settings."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        specs = {"default": ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
-        self._workers = {name: _Worker(name, spec, settings, metrics) for name, spec in specs.items()}
+        specs = {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
+        self._models = {name: _LocalModel(name, spec, settings, metrics) for name, spec in specs.items()}
         self._cache: LRU[tuple[str, str, bytes], float] = LRU(settings.score_cache_entries)
 
     async def start(self) -> None:
         import torch
 
         torch.set_num_threads(self._settings.threads or os.cpu_count() or 1)
-        await asyncio.gather(*(w.start() for w in self._workers.values()))
+        await asyncio.gather(*(m.start() for m in self._models.values()))
 
     async def close(self) -> None:
-        await asyncio.gather(*(w.close() for w in self._workers.values()))
+        await asyncio.gather(*(m.close() for m in self._models.values()))
 
-    def has_model(self, name: str | None) -> bool:
-        return (name or "default") in self._workers
+    def has_model(self, name: str) -> bool:
+        return name in self._models
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         return {
-            name: {"state": w.state, "path": w.spec.path, **({"error": w.error} if w.error else {})}
-            for name, w in self._workers.items()
+            name: {"state": m.state, "path": m.spec.path, **({"error": m.error} if m.error else {})}
+            for name, m in self._models.items()
         }
 
-    async def scores(self, model: str | None, query: str, texts: Sequence[str]) -> list[float]:
-        name = model or "default"
-        worker = self._workers[name]
-        keys = [(name, query, text_key(t)) for t in texts]
+    async def scores(
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+    ) -> list[float]:
+        keys = [(model, query, text_key(t)) for t in texts]
         cached = [self._cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(cached) if v is None]
         self._metrics.cache.labels("hit").inc(len(texts) - len(missing))
         self._metrics.cache.labels("miss").inc(len(missing))
-        if missing:
-            fresh = await worker.submit(query, [texts[i] for i in missing])
-            for i, s in zip(missing, fresh, strict=True):
+        if missing and (budget_s is None or budget_s > 0):
+            fresh = await self._models[model].batcher.submit(query, [texts[i] for i in missing], budget_s=budget_s)
+            for i, s in zip(missing, fresh, strict=False):  # with a budget, fresh scores a prefix of missing
                 cached[i] = s
                 self._cache.put(keys[i], s)
-        return [float(v) for v in cached if v is not None]
+        prefix = next((n for n, v in enumerate(cached) if v is None), len(cached))
+        return [float(v) for v in cached[:prefix] if v is not None]

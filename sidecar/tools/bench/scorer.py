@@ -1,4 +1,4 @@
-"""`bench scorer`: our scoring engine vs sentence-transformers' CrossEncoder.predict on the same pairs."""
+"""`bench scorer`: our scorer vs sentence-transformers' CrossEncoder.predict on the same pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sidecar.config import ModelSpec, Settings
+from sidecar.config import DEFAULT_MODEL, ModelSpec, Settings
 from sidecar.metrics import Metrics
 from sidecar.tools.bench.stats import percentile, table
 from sidecar.tools.datasets import Candidates
@@ -31,7 +31,7 @@ def build_cross_encoder(source: Path, out: Path, seed: int = 0) -> Path:
 
 
 def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str], rounds: int) -> tuple[str, float]:
-    """Docs/s of each engine, alternated request by request over the same requests, and the ratio to the baseline."""
+    """Docs/s of each contender, alternated request by request over the same requests, and the ratio to the baseline."""
     import numpy as np
     import torch
     from sentence_transformers import CrossEncoder
@@ -50,15 +50,15 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
             float(x) for x in baseline.predict([(q, d) for d in texts], activation_fn=identity, show_progress_bar=False)
         ]
 
-    engines: dict[str, Callable[[str, list[str]], Sequence[float]]] = {
+    contenders: dict[str, Callable[[str, list[str]], Sequence[float]]] = {
         "sentence-transformers CrossEncoder.predict": predict,
         **{f"rerank-sidecar ({p})": functools.partial(_ours, m) for p, m in ours.items()},
     }
-    seconds = dict.fromkeys(engines, 0.0)
-    scores: dict[str, list[float]] = {name: [] for name in engines}
+    seconds = dict.fromkeys(contenders, 0.0)
+    scores: dict[str, list[float]] = {name: [] for name in contenders}
     for r in range(rounds):
-        for q, texts in requests:  # engines alternate request by request: the machine's drift hits all alike
-            for name, score in engines.items():
+        for q, texts in requests:  # contenders alternate request by request: the machine's drift hits all alike
+            for name, score in contenders.items():
                 start = time.perf_counter()
                 out = [float(x) for x in score(q, texts)]
                 seconds[name] += time.perf_counter() - start
@@ -66,9 +66,9 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
                     scores[name] += out
         print(f"  round {r + 1}: " + ", ".join(f"{n}: {s:.1f} s" for n, s in seconds.items()), flush=True)
     docs = sum(len(t) for _, t in requests) * rounds
-    base_name = next(iter(engines))
+    base_name = next(iter(contenders))
     rows = []
-    for name in engines:
+    for name in contenders:
         diff = float(np.abs(np.array(scores[name]) - np.array(scores[base_name])).max())
         rows.append(
             [
@@ -79,12 +79,12 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
                 f"{diff:.1e}",
             ]
         )
-    header = ["engine", "docs/s", "vs baseline", "s per top-100", "max |score diff|"]
+    header = ["contender", "docs/s", "vs baseline", "s per top-100", "max |score diff|"]
     return table(header, rows), seconds[base_name] / docs * 100
 
 
 def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: float) -> str:
-    """The least time any fp32 engine can take on these pairs here: their matmul FLOPs at this CPU's best rate.
+    """The least time any fp32 contender can take on these pairs here: their matmul FLOPs at this CPU's best rate.
 
     FLOPs count every pair at its own length (no padding): 2 x the encoder's linear weights per token, plus
     attention (4 x length^2 x hidden per layer). The rate is torch's fp32 GEMM at the model's FFN shape, timed now.
@@ -123,7 +123,7 @@ def _ours(model: Any, query: str, texts: list[str]) -> Sequence[float]:
 
 
 def latency(model: str, requests: Sequence[Request], levels: Sequence[int], waits_ms: Sequence[int]) -> str:
-    """Per-request latency of top-100 reranks through the ModelScorer (queue, batches, cache) at each concurrency."""
+    """Per-request latency of top-100 reranks through the LocalScorer (queue, batches, cache) at each concurrency."""
     rows = []
     for wait in waits_ms:
         for clients in levels:
@@ -137,22 +137,22 @@ def latency(model: str, requests: Sequence[Request], levels: Sequence[int], wait
 
 
 async def _concurrent(settings: Settings, requests: Sequence[Request], clients: int, *, repeat: bool) -> list[float]:
-    from sidecar.rerank.scorers.local import ModelScorer
+    from sidecar.rerank.scorers.local import LocalScorer
 
-    scorer = ModelScorer(settings, Metrics())
+    scorer = LocalScorer(settings, Metrics())
     await scorer.start()
     took: list[float] = []
     try:
         if repeat:  # the second time, every (query, document) score comes from the cache
             for q, texts in requests:
-                await scorer.scores(None, q, texts)
+                await scorer.scores(DEFAULT_MODEL, q, texts)
         queue = list(requests)
 
         async def client() -> None:
             while queue:
                 q, texts = queue.pop()
                 start = time.perf_counter()
-                await scorer.scores(None, q, texts)
+                await scorer.scores(DEFAULT_MODEL, q, texts)
                 took.append((time.perf_counter() - start) * 1000)
 
         await asyncio.gather(*(client() for _ in range(clients)))
