@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -42,19 +43,17 @@ def http() -> Http:
 
 @pytest.fixture
 def make_sidecar() -> Iterator[Callable[..., SidecarThread]]:
-    started: list[SidecarThread] = []
+    with ExitStack() as started:  # every sidecar is stopped, in reverse order, even if stopping one fails
 
-    def make(upstream: str, scorer: Scorer | None = None, **settings: Any) -> SidecarThread:
-        """The sidecar in front of ``upstream``; proxy tests that score nothing get the deterministic scorer."""
-        if scorer is None and "model" not in settings:
-            scorer = KeyScorer()
-        server = SidecarThread(Settings(upstream=upstream, **settings), scorer=scorer).start()
-        started.append(server)
-        return server
+        def make(upstream: str, scorer: Scorer | None = None, **settings: Any) -> SidecarThread:
+            """The sidecar in front of ``upstream``; proxy tests that score nothing get the deterministic scorer."""
+            if scorer is None and "model" not in settings:
+                scorer = KeyScorer()
+            server = SidecarThread(Settings(upstream=upstream, **settings), scorer=scorer)
+            started.callback(server.stop)
+            return server.start()
 
-    yield make
-    for server in started:
-        server.stop()
+        yield make
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ Only the shape and the accounting are checked here; speed is the benchmark's bus
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -12,10 +13,13 @@ import pytest
 from sidecar.cli import main
 from sidecar.tools.bench.proxy import cpu_seconds
 
+pytestmark = pytest.mark.slow  # spawns processes or runs for many seconds: not in the fast tier
+
 
 def _rows(text: str, first_header: str) -> list[list[str]]:
-    lines = text[text.index(first_header) :].splitlines()
-    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:] if line.startswith("|")]
+    lines = text[text.index(first_header) :].splitlines()[2:]
+    body = itertools.takewhile(lambda line: line.startswith("|"), lines)  # the table ends at its first other line
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body]
 
 
 def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,7 +29,8 @@ def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.Captu
     assert [r[0] for r in speed[:2]] == ["1", "4"]
     for row in speed[:2]:
         assert float(row[1]) > 0 and float(row[2]) > 0 and row[3].endswith("x")
-        assert row[7] == "0"  # errors
+        assert float(row[7]) > 0  # the bare forwarder's req/s
+        assert row[-1] == "0"  # errors
     cpu = _rows(out, "| clients | client CPU")
     assert [r[0] for r in cpu] == ["1", "4"]
     for row in cpu:
@@ -33,6 +38,15 @@ def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.Captu
         assert engine[0] > 0 and engine[1] > 0 and client[0] > 0  # the engine and the load generator work
         assert sidecar[1] > 0.2 and sidecar[0] < sidecar[1] / 3  # the sidecar idles while the engine is hit directly
         assert 0 < float(row[4].rstrip("x")) < 1  # a proxy only ever adds CPU
+    floor = _rows(out, "| clients | sidecar CPU ms/req | bare forwarder CPU ms/req")
+    assert [r[0] for r in floor] == ["1", "4"]
+    for row in floor:
+        sidecar_ms, bare_ms = float(row[1]), float(row[2])
+        assert sidecar_ms > 0 and bare_ms > 0
+        assert row[3] == f"{sidecar_ms / bare_ms:.2f}x"
+    # Every search took the sidecar's interception path and passed through: no rule covers the bench's index.
+    assert "sidecar replies by X-Rerank: skipped; reason=no_rule x" in out
+    assert out.count("reason=") == 1
 
 
 def test_cpu_seconds_reads_a_process_and_ourselves() -> None:

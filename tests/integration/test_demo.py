@@ -15,6 +15,8 @@ from sidecar.cli import main
 from sidecar.tools.launch import free_port, wait_http
 from tests.servers import Http
 
+pytestmark = pytest.mark.slow  # spawns processes or runs for many seconds: not in the fast tier
+
 
 def test_demo_query_prints_engine_and_reranked_top5_offline() -> None:
     out = subprocess.run(

@@ -46,15 +46,20 @@ def _reads(client: Any, index: str, *, es: bool) -> dict[str, Any]:
         if not es
         else client.search(index=index, size=1000, sort=["_doc"], scroll="1m")
     )
-    while page["hits"]["hits"]:
+    for _ in range(N_DOCS // 1000 + 2):  # bounded: a scroll that never ends fails instead of hanging
+        if not page["hits"]["hits"]:
+            break
         ids += [h["_id"] for h in page["hits"]["hits"]]
         page = (
             client.scroll(scroll_id=page["_scroll_id"], scroll="1m")
             if es
             else client.scroll(body={"scroll_id": page["_scroll_id"], "scroll": "1m"})
         )
+    else:
+        raise AssertionError(f"the scroll had not ended after {len(ids)} hits")
     out["scroll_ids"] = sorted(ids)
-    return _strip_took(out)
+    stripped: dict[str, Any] = _strip_took(out)
+    return stripped
 
 
 def _docs(index: str) -> list[dict[str, Any]]:

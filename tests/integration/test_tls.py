@@ -18,6 +18,8 @@ from aiohttp import web
 from sidecar.tools.launch import free_port, serve_process
 from tests.servers import echo_app
 
+pytestmark = pytest.mark.slow  # spawns processes or runs for many seconds: not in the fast tier
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
