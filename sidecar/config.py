@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 ScoreMode = Literal["replace", "normalize", "combine"]
 CombineMode = Literal["total", "multiply", "avg", "max", "min"]
+Normalization = Literal["none", "min_max", "z_score"]
 ModelKind = Literal["auto", "cross-encoder", "bi-encoder"]
 # The name of the model that `model` configures: what rules without a `model`, headers, metrics and /ready call it.
 DEFAULT_MODEL = "default"
@@ -33,6 +34,11 @@ class ScoringOptions(_Frozen):
     combine_mode: CombineMode = Field("total", description="with score_mode=combine: how engine and model scores mix")
     query_weight: float = Field(1.0, description="with combine: weight of the engine's score")
     rerank_weight: float = Field(1.0, description="with combine: weight of the model's score")
+    normalization: Normalization = Field(
+        "none",
+        description="with combine: engine and model scores each normalized over the reranked hits of the search "
+        "first (min_max to [0, 1], z_score to mean 0 and deviation 1), as OpenSearch's hybrid normalization",
+    )
     min_score: float | None = Field(None, description="drop reranked hits whose final score is below this")
 
 

@@ -51,6 +51,28 @@ def final_score(engine: float | None, model: float, opts: ScoringOptions) -> flo
     }[opts.combine_mode]
 
 
+def normalized(values: Sequence[float], how: str) -> list[float]:
+    """Scores of one search rescaled over its reranked hits: min_max to [0, 1] (all equal: 1), z_score to
+    mean 0 and deviation 1 (all equal: 0)."""
+    if how == "none" or not values:
+        return list(values)
+    if how == "min_max":
+        low, high = min(values), max(values)
+        return [(v - low) / (high - low) if high > low else 1.0 for v in values]
+    mean = sum(values) / len(values)
+    deviation = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return [(v - mean) / deviation if deviation > 0 else 0.0 for v in values]
+
+
+def final_scores(engine: Sequence[float | None], model: Sequence[float], opts: ScoringOptions) -> list[float]:
+    """The reranked hits' scores, with the engine's and the model's normalized first when asked to."""
+    if opts.score_mode != "combine" or opts.normalization == "none":
+        return [final_score(e, m, opts) for e, m in zip(engine, model, strict=True)]
+    e_norm = normalized([e or 0.0 for e in engine], opts.normalization)
+    m_norm = normalized(list(model), opts.normalization)
+    return [final_score(e, m, opts) for e, m in zip(e_norm, m_norm, strict=True)]
+
+
 def splice(reply: dict[str, Any], plan: Plan, model_scores: Sequence[float], model_name: str) -> dict[str, Any]:
     """Reorder the window by the model, keep [from, from + size); everything else stays the engine's.
 
@@ -64,11 +86,10 @@ def splice(reply: dict[str, Any], plan: Plan, model_scores: Sequence[float], mod
     window: list[dict[str, Any]] = hits_obj.get("hits") or []
     head = len(model_scores)
     ranked: list[tuple[Any, int, Any, dict[str, Any], str]] = []  # (final score, engine rank, engine score...)
-    for rank, (hit, s) in enumerate(zip(window, model_scores, strict=False)):
-        engine = hit.get("_score")
-        score = final_score(engine, s, plan.scoring)
-        why = f"reranked by model [{model_name}] ({plan.scoring.score_mode})"
-        ranked.append((score, rank, engine, hit, why))
+    engine_scores = [hit.get("_score") for hit in window[:head]]
+    why = f"reranked by model [{model_name}] ({plan.scoring.score_mode})"
+    for rank, score in enumerate(final_scores(engine_scores, model_scores, plan.scoring)):
+        ranked.append((score, rank, engine_scores[rank], window[rank], why))
     ranked.sort(key=lambda t: (-t[0], t[1]))  # ties keep the engine's order
     floor = ranked[-1][0] if ranked else None
     for n, hit in enumerate(window[head:]):

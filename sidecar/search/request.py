@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from sidecar.config import CombineMode, ScoreMode
+from sidecar.config import CombineMode, Normalization, ScoreMode
 from sidecar.errors import BadRequest, ParsingError
 from sidecar.search.query_text import is_missing, resolve_path
 
@@ -66,6 +66,7 @@ class ExtRerank(_Syntax):
     query_weight: float | None = None
     rerank_weight: float | None = None
     min_score: float | None = None
+    normalization: Normalization | None = None
     allow_rerank_failures: bool | None = None
     budget_ms: float | None = Field(None, ge=0)
 
@@ -80,7 +81,9 @@ class ExtRerank(_Syntax):
                 )
         if not text.strip():
             raise BadRequest("[ext.rerank.query_context.query_text] must be a non-empty string")
-        scoring = self.model_dump(include={"score_mode", "combine_mode", "query_weight", "rerank_weight", "min_score"})
+        scoring = self.model_dump(
+            include={"score_mode", "combine_mode", "query_weight", "rerank_weight", "min_score", "normalization"}
+        )
         return RerankRequest(
             source="ext",
             query_text=text,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.config import ScoringOptions
-from sidecar.search.hits import engine_page, final_score, hit_texts, splice
+from sidecar.search.hits import engine_page, final_score, final_scores, hit_texts, normalized, splice
 from sidecar.search.plan import Plan
 
 
@@ -239,3 +239,31 @@ def test_engine_page_past_the_hits_is_empty_and_hide_source_applies() -> None:
 )
 def test_hit_texts(hit: dict[str, Any], plan_args: dict[str, Any], expected: list[str]) -> None:
     assert hit_texts(hit, _plan(**plan_args)) == expected
+
+
+# --- fusion -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "values", "expected"),
+    [
+        ("none", [3.0, 1.0], [3.0, 1.0]),
+        ("min_max", [3.0, 1.0, 2.0], [1.0, 0.0, 0.5]),
+        ("min_max", [2.0, 2.0], [1.0, 1.0]),
+        ("z_score", [1.0, 3.0], [-1.0, 1.0]),
+        ("z_score", [5.0, 5.0], [0.0, 0.0]),
+        ("min_max", [], []),
+    ],
+)
+def test_normalization_arithmetic(how: str, values: list[float], expected: list[float]) -> None:
+    assert normalized(values, how) == pytest.approx(expected)
+
+
+def test_min_max_fusion_mixes_scores_of_different_scales() -> None:
+    """BM25 in the tens and logits near 0: min_max puts both on [0, 1] before the weights apply."""
+    opts = ScoringOptions(score_mode="combine", normalization="min_max", query_weight=0.1, rerank_weight=0.9)
+    got = final_scores([30.0, 10.0, 20.0], [-1.0, 1.0, 0.0], opts)
+    assert got == pytest.approx([0.1 * 1 + 0.9 * 0, 0.1 * 0 + 0.9 * 1, 0.1 * 0.5 + 0.9 * 0.5])
+    plain = final_scores([30.0, 10.0, 20.0], [-1.0, 1.0, 0.0], opts.model_copy(update={"normalization": "none"}))
+    assert plain == pytest.approx([0.1 * 30 - 0.9, 0.1 * 10 + 0.9, 0.1 * 20])
+    assert final_scores([1.0], [5.0], ScoringOptions(normalization="min_max")) == [5.0]  # replace: untouched
