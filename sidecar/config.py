@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,24 @@ class ScoringOptions(_Frozen):
     min_score: float | None = Field(None, description="drop reranked hits whose final score is below this")
 
 
+class Stage(_Frozen):
+    """One step of a cascade: ``model`` reranks the top ``window_size`` of the previous step's order."""
+
+    model: str | None = Field(None, description="named model from `models`; the rule's (or default) model when unset")
+    window_size: int = Field(ge=1, description="hits this stage reranks, from the top of the previous order")
+
+
+def check_cascade(stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+    """Each stage reranks at most as many hits as the one before it."""
+    for before, after in itertools.pairwise(stages):
+        if after.window_size > before.window_size:
+            raise ValueError(
+                f"a stage reranks the previous stage's top hits: window_size {after.window_size} follows "
+                f"{before.window_size}"
+            )
+    return stages
+
+
 class Rule(ScoringOptions):
     """Drop-in rule: searches on matching indices are reranked without any change to the application."""
 
@@ -53,6 +72,16 @@ class Rule(ScoringOptions):
     array_mode: Literal["join", "max"] = Field("join", description="array values: joined, or each scored, max kept")
     rerank_timeout_ms: float | None = Field(None, gt=0, description="model deadline for this rule's searches")
     rerank_budget_ms: float | None = Field(None, ge=0, description="latency budget for this rule's searches")
+    stages: tuple[Stage, ...] = Field(
+        (),
+        description="a cascade, e.g. a bi-encoder on 100 then a cross-encoder on its top 20; the first stage's "
+        "window_size is the window; the budget covers the whole cascade",
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _cascade(cls, value: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        return check_cascade(value)
 
 
 class ModelSpec(_Frozen):

@@ -24,6 +24,7 @@ class Outcome:
     window: int = 0  # hits fetched from the engine for reranking
     reranked: int = 0  # of those, hits the model scored
     took_ms: float | None = None
+    cut: bool = False  # the budget ran out before the model(s) scored all they were to
     items: tuple[Outcome, ...] = ()
 
     @classmethod
@@ -47,12 +48,8 @@ class Outcome:
             out["X-Rerank-Took-Ms"] = f"{self.took_ms:.1f}"
         return out
 
-    @property
-    def cut_by_budget(self) -> bool:
-        return self.kind == "applied" and self.reranked < self.window
-
     def _applied(self) -> str:
-        return f"applied; window={self.reranked}/{self.window}" + ("; reason=budget" if self.cut_by_budget else "")
+        return f"applied; window={self.reranked}/{self.window}" + ("; reason=budget" if self.cut else "")
 
     def _msearch_headers(self) -> dict[str, str]:
         applied = sum(1 for o in self.items if o.kind == "applied")
@@ -72,5 +69,5 @@ class Outcome:
         if self.items:
             return f"applied:items={sum(1 for o in self.items if o.kind == 'applied')}"
         if self.kind == "applied":
-            return f"applied:{self.reranked}/{self.window}" + (":budget" if self.cut_by_budget else "")
+            return f"applied:{self.reranked}/{self.window}" + (":budget" if self.cut else "")
         return f"{self.kind}:{self.reason}"

@@ -189,47 +189,63 @@ class RerankPipeline:
     # -- scoring -----------------------------------------------------------------------------------------
 
     async def _rerank(self, reply: dict[str, Any], plan: Plan) -> Outcome:
-        """Splice the model's order into ``reply``; if scoring fails, the engine's page (or raise, strict)."""
+        """Splice the model's order into ``reply``; if scoring fails, the engine's page (or raise, strict).
+
+        A cascade reorders the top of the window stage by stage; the last stage's scores are the reply's."""
         hits = (reply.get("hits") or {}).get("hits") or []
         texts = [hit_texts(h, plan) for h in hits]  # our own code: a bug here is ours, not the model's
+        steps = plan.cascade
+        label = ">".join(s.model for s in steps)
         t0 = time.perf_counter()
+        deadline = None if plan.budget_s is None else t0 + plan.budget_s
+        order, first, cut = list(range(len(hits))), 0, False
         try:
-            scores = await self._score(texts, plan)
+            for n, step in enumerate(steps):
+                head = order[: step.window]
+                budget = None if deadline is None else max(0.0, deadline - time.perf_counter()) / (len(steps) - n)
+                scores = await self._score([texts[i] for i in head], plan, step.model, budget)
+                first = len(scores) if n == 0 else first
+                cut = cut or len(scores) < len(head)
+                if n < len(steps) - 1:  # an inner stage: its model reorders its head for the next stage
+                    best = sorted(range(len(scores)), key=lambda j: (-scores[j], j))
+                    order = [head[j] for j in best] + head[len(scores) :] + order[step.window :]
         except ScoringFailed as e:
             if isinstance(e, Overloaded) and self._settings.overload == "429":
                 raise TooManyRequests(str(e), headers={"Retry-After": "1"}) from e
-            log.warning("rerank fell back (%s) for model %s: %s", e.reason, plan.model, e)
+            log.warning("rerank fell back (%s) for model %s: %s", e.reason, label, e)
             if plan.strict:
                 raise RerankFailed(
-                    f"reranking with model [{plan.model}] failed ({e.reason}) and failures are not allowed"
+                    f"reranking with model [{label}] failed ({e.reason}) and failures are not allowed"
                 ) from e
             engine_page(reply, plan)
-            return Outcome("fallback", e.reason, model=plan.model, window=len(hits))
+            return Outcome("fallback", e.reason, model=label, window=len(hits))
         took_ms = (time.perf_counter() - t0) * 1000
-        splice(reply, plan, scores, plan.model)
-        return Outcome("applied", plan.source, plan.model, window=len(hits), reranked=len(scores), took_ms=took_ms)
+        if len(steps) > 1:
+            reply["hits"]["hits"] = [hits[i] for i in order]
+        splice(reply, plan, scores, label)
+        return Outcome("applied", plan.source, label, len(hits), first, took_ms, cut=cut)
 
-    async def _score(self, per_hit: list[list[str]], plan: Plan) -> list[float]:
+    async def _score(self, per_hit: list[list[str]], plan: Plan, model: str, budget_s: float | None) -> list[float]:
         """One score per hit (its best text) for the head of the window that the budget allows (all of it
         without one), within the deadline, through the model's circuit breaker."""
         if not per_hit:
             return []
-        breaker = self._breaker(plan.model)
+        breaker = self._breaker(model)
         if not breaker.allow():
-            raise CircuitOpen(f"model [{plan.model}] circuit is open")
+            raise CircuitOpen(f"model [{model}] circuit is open")
         flat = [t for texts in per_hit for t in texts]
         try:
-            flat_scores = await asyncio.wait_for(self._flat_scores(plan, flat), plan.timeout_s)
+            flat_scores = await asyncio.wait_for(self._flat_scores(plan, model, flat, budget_s), plan.timeout_s)
         except TimeoutError as e:
-            self._settle(breaker, plan.model, breaker.failure)
+            self._settle(breaker, model, breaker.failure)
             raise ScoringTimeout(f"no scores within {plan.timeout_s * 1000:.0f} ms") from e
         except ScoringFailed as e:
-            self._settle(breaker, plan.model, breaker.failure if e.counts_against_model else breaker.release)
+            self._settle(breaker, model, breaker.failure if e.counts_against_model else breaker.release)
             raise
         except BaseException:  # our own bug, or the search was cancelled: no verdict on the model
             breaker.release()
             raise
-        self._settle(breaker, plan.model, breaker.success)
+        self._settle(breaker, model, breaker.success)
         out, i = [], 0
         for texts in per_hit:  # a hit counts as scored when all its texts are
             if i + len(texts) > len(flat_scores):
@@ -238,15 +254,15 @@ class RerankPipeline:
             i += len(texts)
         return out
 
-    async def _flat_scores(self, plan: Plan, texts: list[str]) -> list[float]:
+    async def _flat_scores(self, plan: Plan, model: str, texts: list[str], budget_s: float | None) -> list[float]:
         """With a budget, a page after the first continues the head that page 1 reranked, from the score
         cache, at no model cost; only where nothing is cached (evicted, or page 1 went to another replica)
         is a fresh head scored within the budget."""
-        if plan.budget_s is not None and plan.start > 0:
-            cached = await self._scorer.scores(plan.model, plan.query, texts, budget_s=0.0)
+        if budget_s is not None and plan.start > 0:
+            cached = await self._scorer.scores(model, plan.query, texts, budget_s=0.0)
             if cached:
                 return cached
-        return await self._scorer.scores(plan.model, plan.query, texts, budget_s=plan.budget_s)
+        return await self._scorer.scores(model, plan.query, texts, budget_s=budget_s)
 
     def _settle(self, breaker: CircuitBreaker, model: str, verdict: Callable[[], None]) -> None:
         verdict()

@@ -95,7 +95,7 @@ def splice(reply: dict[str, Any], plan: Plan, model_scores: Sequence[float], mod
     for n, hit in enumerate(window[head:]):
         engine = hit.get("_score")
         below = floor - (n + 1) if floor is not None else engine
-        why = f"not reranked: past the head of {head} that the latency budget allowed in a window of {len(window)}"
+        why = f"not reranked: below the reranked head of {head} in a window of {len(window)}"
         ranked.append((below, head + n, engine, hit, why))
     if plan.scoring.min_score is not None:
         ranked = [t for t in ranked if t[0] is not None and t[0] >= plan.scoring.min_score]

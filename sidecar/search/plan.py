@@ -9,15 +9,23 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
 
-from sidecar.config import DEFAULT_MODEL, Rule, ScoringOptions, Settings
+from sidecar.config import DEFAULT_MODEL, Rule, ScoringOptions, Settings, Stage
 from sidecar.errors import BadRequest
 from sidecar.search.query_text import find_query_text
 from sidecar.search.request import RerankRequest, Source, has_standard_inner, parse_ext, parse_retriever
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage of the rerank: ``model`` reorders the top ``window`` hits of the order before it."""
+
+    model: str
+    window: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,11 @@ class Plan:
     hide_source: bool = False  # the client asked for no _source at all
     timeout_s: float = 10.0  # model deadline
     budget_s: float | None = None  # latency budget: rerank the head that fits, None: the whole window
+    steps: tuple[Step, ...] = ()  # a cascade; empty: one step, ``model`` on the whole window
+
+    @property
+    def cascade(self) -> tuple[Step, ...]:
+        return self.steps or (Step(self.model, self.window),)
 
 
 @dataclass
@@ -107,8 +120,13 @@ def decide(
     if len(query) > settings.max_query_chars:
         raise BadRequest(f"query text of {len(query)} characters is over the maximum of {settings.max_query_chars}")
     model = request.model or (rule.model if rule else None) or DEFAULT_MODEL
-    if not has_model(model):
-        raise BadRequest(f"[inference_id] unknown model [{model}]; configured: see the sidecar's `models` setting")
+    stages = request.stages or (rule.stages if rule else ())
+    for name in {model, *(s.model for s in stages if s.model)}:
+        if not has_model(name):
+            raise BadRequest(f"[inference_id] unknown model [{name}]; configured: see the sidecar's `models` setting")
+    if stages:  # the first stage's window is the window; one stage is a plain rerank with its model
+        request = replace(request, window_size=stages[0].window_size, stages=stages)
+        model = stages[0].model or model if len(stages) == 1 else model
     window = _window(request, rule, work, params, settings)
     if isinstance(window, str):
         return skip(window)
@@ -205,7 +223,14 @@ def _plan(
         hide_source=hide_source,
         timeout_s=((rule.rerank_timeout_ms if rule else None) or settings.rerank_timeout_ms) / 1000,
         budget_s=_budget_s(request, rule, settings),
+        steps=_steps(request.stages or (), model, n),
     )
+
+
+def _steps(stages: Sequence[Stage], model: str, window: int) -> tuple[Step, ...]:
+    if len(stages) < 2:
+        return ()
+    return tuple(Step(s.model or model, min(s.window_size, window)) for s in stages)
 
 
 def _budget_s(request: RerankRequest, rule: Rule | None, settings: Settings) -> float | None:

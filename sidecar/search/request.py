@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from sidecar.config import CombineMode, Normalization, ScoreMode
+from sidecar.config import CombineMode, Normalization, ScoreMode, Stage, check_cascade
 from sidecar.errors import BadRequest, ParsingError
 from sidecar.search.query_text import is_missing, resolve_path
 
@@ -34,6 +34,7 @@ class RerankRequest:
     scoring: dict[str, Any] = field(default_factory=dict)  # overrides of the rule's ScoringOptions
     strict: bool = False  # allow_rerank_failures: false
     budget_ms: float | None = None
+    stages: tuple[Stage, ...] | None = None
 
 
 class _Syntax(BaseModel):
@@ -54,6 +55,11 @@ class QueryContext(_Syntax):
         return self
 
 
+class StageSyntax(_Syntax):
+    model: Text | None = None
+    window_size: int = Field(ge=1)
+
+
 class ExtRerank(_Syntax):
     """``"ext": {"rerank": {...}}``."""
 
@@ -69,6 +75,16 @@ class ExtRerank(_Syntax):
     normalization: Normalization | None = None
     allow_rerank_failures: bool | None = None
     budget_ms: float | None = Field(None, ge=0)
+    stages: list[StageSyntax] | None = Field(None, min_length=1, max_length=4)
+
+    @model_validator(mode="after")
+    def _cascade(self) -> ExtRerank:
+        if self.stages:
+            check_cascade(self._stages() or ())
+        return self
+
+    def _stages(self) -> tuple[Stage, ...] | None:
+        return tuple(Stage(model=s.model, window_size=s.window_size) for s in self.stages) if self.stages else None
 
     def to_request(self, body: dict[str, Any]) -> RerankRequest:
         ctx = self.query_context
@@ -93,6 +109,7 @@ class ExtRerank(_Syntax):
             scoring={k: v for k, v in scoring.items() if v is not None},
             strict=self.allow_rerank_failures is False,
             budget_ms=self.budget_ms,
+            stages=self._stages(),
         )
 
 
@@ -162,4 +179,6 @@ def _validate(model: type[M], spec: Any, where: str) -> M:
             raise ParsingError(f"[{where}] [{loc}] is required") from e
         if loc.startswith("query_context") and err["type"] == "value_error":
             raise ParsingError(f"[{where}.query_context] {err['msg'].removeprefix('Value error, ')}") from e
+        if err["type"] == "value_error":
+            raise BadRequest(f"[{where}] {err['msg'].removeprefix('Value error, ')}") from e
         raise BadRequest(f"[{where}] invalid value for [{loc}]: {err.get('input')!r} ({err['msg']})") from e

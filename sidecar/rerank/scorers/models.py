@@ -27,14 +27,26 @@ logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR
 
 
 def choose_device(setting: str) -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU."""
-    if setting != "auto":
-        return torch.device(setting)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """auto: CUDA, then Apple MPS, then CPU. A device asked for by name that this machine lacks is a ModelLoadError."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    device = torch.device(setting)
+    why = None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None
+        why = "no CUDA device is visible" if built else f"torch {torch.__version__} was built without CUDA"
+    elif device.type == "mps" and not _mps_available():
+        why = "this machine has no Apple MPS device"
+    if why is not None:
+        raise ModelLoadError(f"device {setting} is not available: {why}; set --device (SIDECAR_DEVICE) to auto or cpu")
+    return device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and bool(mps.is_available())
 
 
 def choose_precision(setting: str, device: torch.device) -> str:
@@ -167,9 +179,15 @@ class LoadedModel:
         out = self.model(**inputs)
         if not pooled:
             return out
-        hidden = out.last_hidden_state.float()
-        m = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return ((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)).cpu()
+        return mean_pool(out.last_hidden_state.float(), inputs["attention_mask"]).cpu()
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token embeddings the attention mask keeps: sentence-transformers' mean pooling.
+
+    Serving (bi-encoder scores) and training (the contrastive loss) both pool with this one function."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 def _split(flat: list[float], sizes: Sequence[int]) -> list[list[float]]:
@@ -197,6 +215,28 @@ def load_model(
     kind = detect_kind(spec.path, spec.kind)
     dev = choose_device(device)
     prec = choose_precision(precision, dev)
+    tokenizer, config, model = _read(name, spec, kind)
+    try:
+        model = _with_precision(model.eval(), dev, prec)
+    except (RuntimeError, AssertionError) as e:  # torch: not compiled with CUDA, out of memory, a driver error
+        raise ModelLoadError(f"cannot put model [{name}] on {dev} in {prec}: {type(e).__name__}: {e}") from e
+    limit = spec.max_length or max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    limit = min(limit, int(getattr(config, "max_position_embeddings", limit) or limit))
+    label = spec.label
+    if isinstance(label, str):
+        label = config.label2id.get(label)
+        if label is None:
+            raise ModelLoadError(f"model [{name}] has no label [{spec.label}]; labels: {list(config.label2id)}")
+    try:
+        encoder = PairEncoder(tokenizer, limit, token_cache, max_chunks=spec.max_chunks_per_doc or max_chunks)
+    except ValueError as e:  # the tokenizer does not put a query and a document into one sequence as BERT's do
+        raise ModelLoadError(f"model [{name}] from '{spec.path}': {e}") from e
+    log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
+    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation)
+
+
+def _read(name: str, spec: ModelSpec, kind: str) -> tuple[Any, Any, Any]:
+    """Tokenizer, config and model (on the CPU, fp32) from a local folder or the Hugging Face cache."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.path)
         config = AutoConfig.from_pretrained(spec.path)
@@ -216,18 +256,7 @@ def load_model(
             f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Point --model (or models.{name}.path) "
             f"at a local copy, e.g. one saved with save_pretrained. ({type(e).__name__})"
         ) from e
-    model.eval()
-    model = _with_precision(model, dev, prec)
-    limit = spec.max_length or max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-    limit = min(limit, int(getattr(config, "max_position_embeddings", limit) or limit))
-    label = spec.label
-    if isinstance(label, str):
-        label = config.label2id.get(label)
-        if label is None:
-            raise ModelLoadError(f"model [{name}] has no label [{spec.label}]; labels: {list(config.label2id)}")
-    encoder = PairEncoder(tokenizer, limit, token_cache, max_chunks=spec.max_chunks_per_doc or max_chunks)
-    log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
-    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation)
+    return tokenizer, config, model
 
 
 def _with_precision(model: Any, device: torch.device, precision: str) -> Any:
