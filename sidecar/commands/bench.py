@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
-from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
+from sidecar.commands.errors import UsageError
+from sidecar.tools.embedded import engine_at, packaged_model
 
 
 def register(sub: Any) -> None:
@@ -40,13 +40,8 @@ def run_scorer(args: argparse.Namespace) -> int:
 
     folder = (args.data or default_data_dir()) / "trec_dl19"
     if not (folder / "bm25_top100.jsonl").exists():
-        print(f"rerank-sidecar: {folder}/bm25_top100.jsonl not found; pass --data", file=sys.stderr)
-        return 2
-    try:
-        model = str(scorer.build_cross_encoder(packaged_model(), args.work))
-    except MissingExtra as e:
-        print(f"rerank-sidecar: {e}", file=sys.stderr)
-        return 1
+        raise UsageError(f"bench scorer: {folder}/bm25_top100.jsonl not found; pass --data")
+    model = str(scorer.build_cross_encoder(packaged_model(), args.work))
     rows = candidates(folder)
     requests = scorer.requests_from(rows, args.queries)
     print(scorer.describe(requests, model), flush=True)
@@ -62,22 +57,18 @@ def run_proxy(args: argparse.Namespace) -> int:
     from sidecar.tools.bench import proxy
     from sidecar.tools.launch import serve_process
 
-    try:
-        model = args.model or str(packaged_model())
-        levels = [int(c) for c in args.clients.split(",")]
-        with engine_at(args.engine) as engine:
-            bodies = proxy.prepare(engine.url)
-            print(f"engine {engine.url}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
-            with serve_process(engine.url, "--model", model, ready_path="/_sidecar/ready") as (proc, sidecar):
-                pids = {"engine": engine.pid, "sidecar": proc.pid, "client": None}
-                if engine.pid is None:  # an engine of the user's: its CPU is not ours to read
-                    del pids["engine"]
-                runs = asyncio.run(
-                    _proxy_runs(proxy, engine.url, sidecar, bodies, levels, args.requests, args.rounds, pids)
-                )
-    except MissingExtra as e:
-        print(f"rerank-sidecar: {e}", file=sys.stderr)
-        return 1
+    model = args.model or str(packaged_model())
+    levels = [int(c) for c in args.clients.split(",")]
+    with engine_at(args.engine) as engine:
+        bodies = proxy.prepare(engine.url)
+        print(f"engine {engine.url}, {len(bodies)} distinct search bodies; sidecar is its own process", flush=True)
+        with serve_process(engine.url, "--model", model, ready_path="/_sidecar/ready") as (proc, sidecar):
+            pids = {"engine": engine.pid, "sidecar": proc.pid, "client": None}
+            if engine.pid is None:  # an engine of the user's: its CPU is not ours to read
+                del pids["engine"]
+            runs = asyncio.run(
+                _proxy_runs(proxy, engine.url, sidecar, bodies, levels, args.requests, args.rounds, pids)
+            )
     print(proxy.report(runs))
     return 0
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from sidecar import logs
+from sidecar.commands.errors import reading
 from sidecar.config import Settings
-from sidecar.errors import ModelLoadError
 from sidecar.tools import demo
-from sidecar.tools.embedded import MissingExtra, packaged_model, start_engine
+from sidecar.tools.embedded import packaged_model, start_engine
 from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.templates import default_dir
 
@@ -31,18 +30,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure("WARNING", "text")
-    try:
-        model = args.model or str(packaged_model())
-        engine = start_engine()
-    except MissingExtra as e:
-        print(f"rerank-sidecar: {e}", file=sys.stderr)
-        return 1
+    model = args.model or str(packaged_model())
+    engine = start_engine()
     try:
         return _run(args, engine.url, model)
-    except ModelLoadError as e:
-        print(f"rerank-sidecar: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # how the demo is stopped, not an error
         print("\nstopped.")
         return 0
     finally:
@@ -52,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, engine_url: str, model: str) -> int:
     which = "the packaged all-MiniLM-L6-v2 (bi-encoder)" if not args.model else args.model
     print(f"engine: osmem-server at {engine_url} (in memory)")
-    docs = demo.read_docs(args.corpus)
+    with reading("corpus"):
+        docs = demo.read_docs(args.corpus)
     print(f"corpus: {len(docs)} passages from {args.corpus or 'the Python standard library docstrings'}")
     indexed = demo.load_corpus(EngineClient(engine_url), docs)
     print(f"indexed {indexed} passages into [{demo.INDEX}]; model: {which} at {model}; loading it...", flush=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any, get_args
@@ -11,11 +10,12 @@ from typing import Any, get_args
 import yaml
 from tqdm import tqdm
 
+from sidecar.commands.errors import UsageError, reading
 from sidecar.config import Settings
 from sidecar.tools import datasets, evaluation
 from sidecar.tools.bench.stats import percentile
-from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
-from sidecar.tools.engine_client import EngineClient, EngineError
+from sidecar.tools.embedded import engine_at, packaged_model
+from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.indexing import index_dataset
 
 
@@ -43,25 +43,21 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     folder: Path = args.dataset
     if not (folder / "qrels.txt").exists() or not (folder / "queries.tsv").exists():
-        print(f"rerank-sidecar: eval: {folder} has no qrels.txt and queries.tsv", file=sys.stderr)
-        return 2
-    judgments = datasets.qrels(folder)
-    queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
+        raise UsageError(f"eval: {folder} has no qrels.txt and queries.tsv")
+    with reading(folder):
+        judgments = datasets.qrels(folder)
+        queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
     if args.queries:
         queries = dict(list(queries.items())[: args.queries])
     rel = args.rel if args.rel is not None else (2 if folder.name.startswith("trec_dl") else 1)
     out = args.out or Path("eval-out") / folder.name
-    try:
-        model = args.model or str(packaged_model())
-        if args.candidates:
-            baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth, args.precision)
-            mode = "candidates"
-        else:
-            baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
-            mode = "end-to-end"
-    except (MissingExtra, EngineError, OSError) as e:
-        print(f"rerank-sidecar: eval: {e}", file=sys.stderr)
-        return 1
+    model = args.model or str(packaged_model())
+    if args.candidates:
+        baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth, args.precision)
+        mode = "candidates"
+    else:
+        baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
+        mode = "end-to-end"
     base_m, rer_m = evaluation.measure(judgments, baseline, rel), evaluation.measure(judgments, reranked, rel)
     latency = {"p50": percentile(took, 50), "p99": percentile(took, 99)}
     info = {

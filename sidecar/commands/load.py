@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from sidecar.commands.errors import reading
 from sidecar.tools import demo
-from sidecar.tools.engine_client import EngineClient, EngineError, basic_auth
+from sidecar.tools.engine_client import EngineClient, basic_auth
 from sidecar.tools.indexing import index_docs
 
 
@@ -23,11 +23,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     client = EngineClient(args.target, headers=basic_auth(args.user))
-    try:
+    with reading("corpus"):
         docs = demo.read_docs(args.corpus)
-        count = index_docs(client, args.index, docs, batch=500)
-    except (OSError, ValueError, EngineError) as e:
-        print(f"rerank-sidecar: load: {e}", file=sys.stderr)
-        return 1
+    count = index_docs(client, args.index, docs, batch=500)
     print(f"{count} documents in [{args.index}]")
     return 0

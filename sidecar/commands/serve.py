@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +13,6 @@ from sidecar import logs
 from sidecar.app import SERVER_ARGS, create_app
 from sidecar.commands.settings_args import add_settings_flags, settings_from_args
 from sidecar.config import Settings
-from sidecar.errors import ModelLoadError
 from sidecar.tls import listener_context
 
 log = logging.getLogger(__name__)
@@ -31,12 +29,7 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     log.info("rerank-sidecar on http://%s -> %s", settings.listen, settings.upstream)
-    try:
-        _run(app, settings)
-    except ModelLoadError as e:
-        log.error("%s", e)
-        print(f"rerank-sidecar: {e}", file=sys.stderr)
-        return 1
+    _run(app, settings)  # a model that fails to load raises ModelLoadError: the CLI reports it, once
     return 0
 
 

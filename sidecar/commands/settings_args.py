@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any, NoReturn, get_args, get_origin
+from typing import Any, get_args, get_origin
 
-from pydantic import ValidationError
-
-from sidecar.config import ConfigFileError, Settings
+from sidecar.config import Settings
 
 _COMPOUND = (dict, tuple, list)
 
@@ -32,23 +29,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Flags > SIDECAR_* environment > YAML file > defaults. Bad config exits with code 2 and one line."""
+    """Flags > SIDECAR_* environment > YAML file > defaults.
+
+    Bad config raises pydantic's ValidationError or ConfigFileError (the CLI exits 2 with one line)."""
     given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     given.update(overrides)
-    try:
-        return Settings(**given)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "settings"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        _fail(f"config error: {key}: {err['msg']} (got {err.get('input')!r}){more}")
-    except ConfigFileError as e:
-        _fail(str(e))
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"rerank-sidecar: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    return Settings(**given)
 
 
 def reference_table() -> str:

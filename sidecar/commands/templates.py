@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from sidecar.commands.errors import reading
 from sidecar.tools import templates
-from sidecar.tools.engine_client import EngineClient, EngineError, basic_auth
+from sidecar.tools.engine_client import EngineClient, basic_auth
 
 
 def register(sub: Any) -> None:
@@ -23,11 +23,8 @@ def register(sub: Any) -> None:
 
 def run_apply(args: argparse.Namespace) -> int:
     client = EngineClient(args.target, headers=basic_auth(args.user))
-    try:
+    with reading("templates"):
         found = templates.load(args.dir or templates.default_dir())
-        for template, outcome in templates.apply(client, found):
-            print(f"{outcome:12} {template.path}")
-    except (OSError, ValueError, EngineError) as e:
-        print(f"rerank-sidecar: templates apply: {e}", file=sys.stderr)
-        return 1
+    for template, outcome in templates.apply(client, found):
+        print(f"{outcome:12} {template.path}")
     return 0

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+from sidecar.commands.errors import DataError, UsageError, reading
 from sidecar.tools import datasets, evaluation
-from sidecar.tools.embedded import MissingExtra, engine_at, packaged_model
-from sidecar.tools.engine_client import EngineClient, EngineError
+from sidecar.tools.embedded import engine_at, packaged_model
+from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.indexing import index_dataset
 
 _LOSSES = {"cross-encoder": ("bce", "lambda"), "bi-encoder": ("contrastive",)}
@@ -47,23 +47,16 @@ def run(args: argparse.Namespace) -> int:
 
     loss = cast("trainer.Loss", args.loss or _LOSSES[args.kind][0])
     if loss not in _LOSSES[args.kind]:
-        print(f"rerank-sidecar: train: loss {loss} is for {_other(args.kind)}s", file=sys.stderr)
-        return 2
+        raise UsageError(f"train: loss {loss} is for {_other(args.kind)}s")
     for folder in (args.judgments, *args.eval):
         if not (folder / "qrels.txt").exists():
-            print(f"rerank-sidecar: train: {folder} has no qrels.txt", file=sys.stderr)
-            return 2
-    try:
-        start = args.model or str(packaged_model())
-        with _miner(args) as mine:
-            training = data.load(args.judgments, mine, args.negatives, args.train_queries, args.seed, args.positives)
-    except (MissingExtra, EngineError, OSError, ValueError) as e:
-        print(f"rerank-sidecar: train: {e}", file=sys.stderr)
-        return 1
+            raise UsageError(f"train: {folder} has no qrels.txt")
+    start = args.model or str(packaged_model())
+    with reading(args.judgments), _miner(args) as mine:  # the miner indexes the corpus first
+        training = data.load(args.judgments, mine, args.negatives, args.train_queries, args.seed, args.positives)
     print(training.report())
     if not training.examples:
-        print("rerank-sidecar: train: no query has a judged positive document", file=sys.stderr)
-        return 1
+        raise DataError(f"train: no query of {args.judgments} has a judged positive document")
     config = trainer.TrainConfig(
         start=start,
         kind=args.kind,

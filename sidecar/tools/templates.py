@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from collections.abc import Iterator
@@ -21,9 +22,14 @@ _ORDER = ("component_templates", "index_templates", "search_templates")  # an in
 
 
 def default_dir() -> Path:
-    """$SIDECAR_TEMPLATES_DIR, else the `es_templates/` folder of the source tree."""
+    """$SIDECAR_TEMPLATES_DIR; else `es_templates/` as installed from a wheel, inside the package; else the
+    top-level `es_templates/` beside the package (a source checkout or an editable install)."""
     env = os.environ.get("SIDECAR_TEMPLATES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "es_templates"
+    if env:
+        return Path(env)
+    package = Path(str(importlib.resources.files("sidecar")))  # a folder: torch and co. are never zip-imported
+    shipped = package / "es_templates"
+    return shipped if shipped.is_dir() else package.parent / "es_templates"
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,11 @@ def load(folder: Path) -> list[Template]:
     out = []
     for kind in _ORDER:
         for file in sorted((folder / kind).glob("*.json")):
-            out.append(Template(kind, file.stem, json.loads(file.read_text())))
+            try:
+                body = json.loads(file.read_text())
+            except ValueError as e:
+                raise ValueError(f"{file}: {e}") from e
+            out.append(Template(kind, file.stem, body))
     if not out:
         raise FileNotFoundError(f"no templates under {folder} (expected {', '.join(_ORDER)}/*.json)")
     return out

@@ -12,9 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+
 from sidecar.tools.launch import serve_process as sidecar_process
 from tests.servers import Http, ThreadServer, echo_app, peak_rss_kb, rss_kb
 
+pytestmark = pytest.mark.slow  # spawns processes or runs for many seconds: not in the fast tier
 DOC = json.dumps({"n": 1, "blob": "lorem ipsum dolor sit amet " * 370})  # ~10 KB
 ACTION = b'{"index":{}}\n'
 
@@ -113,3 +117,21 @@ def test_missing_model_is_one_clear_message(tmp_path: Path) -> None:
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert "no-such-model" in last and "local copy" in last and "Traceback" not in done.stderr
+    assert done.stderr.count("cannot load model [default]") == 1, done.stderr  # not logged and printed
+
+
+def _available(device: str) -> bool:
+    if device == "cuda":
+        return torch.cuda.is_available()
+    return torch.backends.mps.is_available()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_unavailable_device_is_one_clear_message(device: str, tiny_model: str) -> None:
+    if _available(device):
+        pytest.skip(f"{device} is available here")
+    done = _serve("--device", device, "--model", tiny_model)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("rerank-sidecar: ") and f"device {device} is not available" in last, done.stderr
+    assert done.stderr.count(f"device {device}") == 1, done.stderr

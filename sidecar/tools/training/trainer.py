@@ -20,6 +20,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from sidecar.rerank.scorers.models import mean_pool
 from sidecar.tools.training import losses
 from sidecar.tools.training.data import Example, TrainingSet
 
@@ -217,9 +218,7 @@ def _logits(model: Any, tokenizer: Any, queries: list[str], docs: list[str], max
 
 def _embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    pooled = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])  # as serving pools
     return torch.nn.functional.normalize(pooled, dim=-1)
 
 
