@@ -8,17 +8,19 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from sidecar.commands import bench, demo, evaluate, load, serve, templates, train
+from sidecar.commands import bench, demo, evaluate, load, serve, templates, train, warm
 from sidecar.commands.errors import DataError, UsageError
 from sidecar.config import ConfigFileError
 from sidecar.errors import ModelLoadError
 from sidecar.tools.embedded import MissingExtra
 from sidecar.tools.engine_client import EngineError
+from sidecar.tools.warm import WarmError
 
 # The one table from the errors a user can act on to an exit code; the first type that matches wins.
 # Any other exception is a bug: it keeps its traceback.
 EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
     (UsageError, 2),  # an argument is wrong (argparse exits 2 for its own usage errors)
+    (WarmError, 2),  # warm was asked for what it cannot do (no store, not a bi-encoder, unknown model)
     (ConfigFileError, 2),  # the YAML config cannot be read, or is not a mapping
     (ValidationError, 2),  # a setting is invalid, whether from a flag, SIDECAR_* or the YAML
     (ModelLoadError, 1),  # a model cannot be found, loaded, or put on its device
@@ -58,7 +60,7 @@ def message(error: Exception) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerank-sidecar", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, demo, templates, load, evaluate, train, bench):
+    for command in (serve, demo, templates, load, warm, evaluate, train, bench):
         command.register(sub)
     return parser
 

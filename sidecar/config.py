@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     max_msearch_items: int = Field(1000, ge=1, description="largest _msearch the sidecar intercepts (items)")
     max_query_chars: int = Field(10_000, ge=1, description="longest query text sent to a model")
     max_window: int = Field(1000, ge=1, description="largest candidate window one search may ask for")
+    upstream_api_key: SecretStr | None = Field(
+        None, description="the tools' own requests to the engine (warm): Authorization: ApiKey <this>; never logged"
+    )
+    upstream_basic_auth: SecretStr | None = Field(
+        None, description="the tools' own requests to the engine (warm): USER:PASSWORD for basic auth; never logged"
+    )
     admin_token: SecretStr | None = Field(None, description="if set, /_sidecar/* except health needs this bearer")
     upstream_verify: bool = Field(True, description="verify an https upstream's certificate and host name")
     upstream_ca_file: str | None = Field(None, description="CA bundle for an https upstream (default: system CAs)")
@@ -158,6 +164,15 @@ class Settings(BaseSettings):
     overload: Literal["fallback", "429"] = Field(
         "fallback", description="a full model queue: fall back to the engine's order, or answer 429 Retry-After"
     )
+    embedding_cache_mb: int = Field(
+        512, ge=0, description="bi-encoders: document and query embeddings kept in memory (MB, all models)"
+    )
+    embedding_store: Path | None = Field(
+        None,
+        description="bi-encoders: a SQLite file of document embeddings, shared by the serve processes of a host "
+        "and kept across restarts; `rerank-sidecar warm` fills it from an index",
+    )
+    embedding_store_mb: int = Field(4096, ge=1, description="bound of the embedding store file (MB); oldest go first")
     score_cache_entries: int = Field(100_000, ge=0, description="LRU entries of (model, query, doc) scores")
     token_cache_entries: int = Field(100_000, ge=0, description="LRU entries of tokenized documents")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")

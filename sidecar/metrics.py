@@ -45,6 +45,12 @@ class Metrics:
         )
         self.queue_pairs = Gauge("sidecar_queue_pairs", "Pairs waiting for the model", registry=r)
         self.cache = Counter("sidecar_score_cache", "Score cache lookups", ["result"], registry=r)
+        self.embeddings = Counter(
+            "sidecar_embeddings",
+            "Bi-encoder embedding lookups, by where answered (missing: computed)",
+            ["source"],
+            registry=r,
+        )
         self.circuit_open = Gauge("sidecar_circuit_open", "1 while a model's circuit is open", ["model"], registry=r)
         self.rerank = Counter("sidecar_rerank", "Searches by rerank outcome", ["outcome", "reason"], registry=r)
 

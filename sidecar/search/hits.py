@@ -13,17 +13,22 @@ from sidecar.search.query_text import is_missing, resolve_path
 
 def hit_texts(hit: dict[str, Any], plan: Plan) -> list[str]:
     """The texts to score for one hit: one joined text, or (array_mode=max) one per value."""
+    return document_texts(hit, plan.fields, plan.separator, plan.array_mode)
+
+
+def document_texts(hit: dict[str, Any], fields: Sequence[str], separator: str, array_mode: str) -> list[str]:
+    """A hit's text as a rule reads it (also what `warm` embeds, so that serving finds it)."""
     values: list[str] = []
-    for name in plan.fields:
-        fields = hit.get("fields")
-        value = fields.get(name) if isinstance(fields, dict) and name in fields else None
+    for name in fields:
+        returned = hit.get("fields")  # the engine's `fields` section, when the search asked for some
+        value = returned.get(name) if isinstance(returned, dict) and name in returned else None
         if value is None:
             found = resolve_path(hit.get("_source") or {}, name)
             value = None if is_missing(found) else found
         values.extend(v for v in _strings(value) if v.strip())  # an empty title adds no separator
-    if plan.array_mode == "max" and len(values) > 1:
+    if array_mode == "max" and len(values) > 1:
         return values
-    return [plan.separator.join(values)]
+    return [separator.join(values)]
 
 
 def _strings(value: Any) -> list[str]:

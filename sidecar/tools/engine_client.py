@@ -40,14 +40,20 @@ class EngineClient:
         headers = (
             self._headers if not isinstance(body, bytes) else {**self._headers, "Content-Type": "application/x-ndjson"}
         )
-        r = self._pool.request(method, self.url + path, body=data, headers=headers)
+        try:
+            r = self._pool.request(method, self.url + path, body=data, headers=headers)
+        except urllib3.exceptions.HTTPError as e:
+            raise EngineError(method, path, 0, {"error": f"cannot reach {self.url}: {type(e).__name__}"}) from e
         decoded: Any = json.loads(r.data) if r.data else None
         if r.status >= 400 and r.status not in ok:
             raise EngineError(method, path, r.status, decoded)
         return decoded
 
     def status(self, method: str, path: str) -> int:
-        return int(self._pool.request(method, self.url + path, headers=self._headers).status)
+        try:
+            return int(self._pool.request(method, self.url + path, headers=self._headers).status)
+        except urllib3.exceptions.HTTPError as e:
+            raise EngineError(method, path, 0, {"error": f"cannot reach {self.url}: {type(e).__name__}"}) from e
 
     def bulk_index(self, index: str, docs: Iterable[dict[str, str]], batch: int = 1000) -> Iterator[int]:
         """Index ``docs`` (each with `_id`) in `_bulk` batches; yields the count of each batch. Errors raise."""

@@ -14,6 +14,7 @@ from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher, estimate_tokens
 from sidecar.rerank.cache import LRU, text_key
+from sidecar.rerank.scorers.embeddings import Embeddings, MemoryCache, SqliteStore
 
 if TYPE_CHECKING:
     from sidecar.rerank.scorers.models import LoadedModel
@@ -28,9 +29,18 @@ _CALIBRATION_TEXT = (
 class _LocalModel:
     """One model: its own thread (never the loop, never the default executor) and its batcher."""
 
-    def __init__(self, name: str, spec: ModelSpec, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: ModelSpec,
+        settings: Settings,
+        metrics: Metrics,
+        vectors: tuple[MemoryCache, SqliteStore | None],
+    ) -> None:
         self.name = name
         self.spec = spec
+        self._vectors = vectors
+        self._metrics = metrics
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self.model: LoadedModel | None = None
@@ -74,6 +84,8 @@ class _LocalModel:
         self.model = model
         self._max_tokens = float(model.encoder.max_length * model.encoder.max_chunks)
         await self._calibrate(loop)
+        if model.kind == "bi-encoder":  # after the calibration, whose texts must not fill the store
+            model.embeddings = Embeddings(model.space, *self._vectors, metrics=self._metrics)
         self.state = "ready"
         self.batcher.start()
 
@@ -85,6 +97,10 @@ class _LocalModel:
         self.batcher.calibrate(time.perf_counter() - started, sum(self._estimate(query, t) for t in texts))
 
     def _estimate(self, query: str, text: str) -> float:
+        """Tokens to run through the model; a document whose embedding is in memory costs next to nothing."""
+        embeddings = self.model.embeddings if self.model is not None else None
+        if embeddings is not None and embeddings.known(text_key(text)):
+            return 1.0
         return min(self._max_tokens, estimate_tokens(query, text))
 
     async def close(self) -> None:
@@ -104,7 +120,11 @@ class LocalScorer:
         self._settings = settings
         self._metrics = metrics
         specs = {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
-        self._models = {name: _LocalModel(name, spec, settings, metrics) for name, spec in specs.items()}
+        memory = MemoryCache(settings.embedding_cache_mb * 1024 * 1024)
+        path = settings.embedding_store
+        self._store = SqliteStore(path, settings.embedding_store_mb * 1024 * 1024) if path is not None else None
+        vectors = (memory, self._store)
+        self._models = {name: _LocalModel(name, spec, settings, metrics, vectors) for name, spec in specs.items()}
         self._cache: LRU[tuple[str, str, bytes], float] = LRU(settings.score_cache_entries)
 
     async def start(self) -> None:
@@ -115,6 +135,8 @@ class LocalScorer:
 
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in self._models.values()))
+        if self._store is not None:
+            self._store.close()
 
     def has_model(self, name: str) -> bool:
         return name in self._models

@@ -17,7 +17,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from sidecar.config import ModelSpec
 from sidecar.errors import ModelLoadError
+from sidecar.rerank.cache import text_key
 from sidecar.rerank.scorers.batching import plan_batches
+from sidecar.rerank.scorers.embeddings import Embeddings, Vectors
 from sidecar.rerank.scorers.tokens import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class LoadedModel:
     encoder: PairEncoder
     label: int | None
     activation: str
+    space: str = ""  # what embeddings of this model depend on: path, weights, precision, token limits
+    embeddings: Embeddings | None = None  # bi-encoders: document and query vectors kept between searches
 
     # -- forward passes (run in the model's worker thread, never on the event loop) ----------------------
 
@@ -134,32 +138,44 @@ class LoadedModel:
         return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
 
     def _cosine(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
-        """Cosine of mean-pooled embeddings; a document split into chunks scores as its best chunk."""
-        texts = [t for query, docs in requests for t in (query, *docs)]
+        """Cosine of mean-pooled embeddings; a document split into chunks scores as its best chunk.
+
+        Embeddings that ``self.embeddings`` holds are not computed again (documents in memory and in the
+        store; queries in memory only): with a warm store a rerank costs one query encoding and a product."""
+        keys = {t: text_key(t) for query, docs in requests for t in (query, *docs)}
+        known = self.embeddings.get_many(list(set(keys.values()))) if self.embeddings is not None else {}
+        todo = [t for t, k in keys.items() if k not in known]
+        fresh = self.embed(todo, batch_tokens)
+        vectors = {**known, **{keys[t]: v for t, v in zip(todo, fresh, strict=True)}}
+        if self.embeddings is not None and todo:
+            queries = {q for q, _ in requests}
+            self.embeddings.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True) if t not in queries])
+            self.embeddings.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True) if t in queries], False)
+        out = []
+        for query, docs in requests:
+            q = vectors[keys[query]][0]  # a query's first window: queries are short
+            out.append([float((vectors[keys[d]] @ q).max()) for d in docs])
+        return out
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], batch_tokens: int) -> list[Vectors]:
+        """Unit-length mean-pooled embeddings, one row per token window of each text."""
         singles: list[tuple[list[int], list[int]]] = []
         owner: list[int] = []
         for n, ids in enumerate(self.encoder.ids(texts)):
             chunks = self.encoder.single_chunks(ids)
             singles += chunks
             owner += [n] * len(chunks)
+        if not singles:
+            return []
         embeddings = torch.zeros(len(singles), self.model.config.hidden_size)
         for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
             embeddings[batch] = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
-        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
-        first: dict[int, int] = {}  # text index -> its first (the query's only) embedding row
+        rows = torch.nn.functional.normalize(embeddings, dim=-1).numpy()
+        out: list[list[int]] = [[] for _ in texts]
         for row, n in enumerate(owner):
-            first.setdefault(n, row)
-        out, at = [], 0
-        for _, docs in requests:
-            query = embeddings[first[at]]
-            sims = (embeddings @ query).tolist()
-            best = [-math.inf] * len(docs)
-            for row, n in enumerate(owner):
-                if at < n <= at + len(docs):
-                    best[n - at - 1] = max(best[n - at - 1], sims[row])
-            out.append(best)
-            at += 1 + len(docs)
-        return out
+            out[n].append(row)
+        return [rows[r] for r in out]
 
     def _forward(self, items: Sequence[tuple[list[int], list[int]]], *, with_types: bool, pooled: bool = False) -> Any:
         longest = max(len(ids) for ids, _ in items)
@@ -232,7 +248,20 @@ def load_model(
     except ValueError as e:  # the tokenizer does not put a query and a document into one sequence as BERT's do
         raise ModelLoadError(f"model [{name}] from '{spec.path}': {e}") from e
     log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
-    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation)
+    space = f"{_fingerprint(spec.path)}|{prec}|{limit}|{encoder.max_chunks}"
+    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation, space)
+
+
+def _fingerprint(path: str) -> str:
+    """The model's path, and for a local folder the size and time of its weights (a retrained model saved
+    in the same folder must not meet the old one's embeddings)."""
+    folder = Path(path).expanduser()
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        weights = folder / name
+        if weights.is_file():
+            stat = weights.stat()
+            return f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return path
 
 
 def _read(name: str, spec: ModelSpec, kind: str) -> tuple[Any, Any, Any]:
