@@ -1,4 +1,4 @@
-"""`rerank-sidecar bench proxy|scorer`: benchmarks against a named baseline, printed as ratios."""
+"""`rerank-sidecar bench proxy|scorer|load`: benchmarks against a named baseline, printed as ratios."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def register(sub: Any) -> None:
     scorer.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-minilm-ce")
     scorer.set_defaults(run=run_scorer)
 
+    load = kinds.add_parser("load", help="quality under load: judged queries through serve, 1/4/16 clients")
+    load.add_argument("--data", type=Path, help="folder holding the dataset (default: $SIDECAR_DATA_DIR)")
+    load.add_argument("--dataset", default="trec_dl19", help="a TREC DL folder (default: %(default)s)")
+    load.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
+    load.add_argument("--setups", default="full,budget,cascade,store", help="which configurations, in order")
+    load.add_argument("--budget-ms", type=float, default=300, help="the latency budget (default: %(default)s)")
+    load.add_argument("--queries", type=int, help="only the first N judged queries")
+    load.add_argument("--precision", default="auto", help="serving precision (default: %(default)s)")
+    load.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-load")
+    load.set_defaults(run=run_load)
+
 
 def run_scorer(args: argparse.Namespace) -> int:
     from sidecar.tools.bench import scorer
@@ -50,6 +61,35 @@ def run_scorer(args: argparse.Namespace) -> int:
     print(scorer.compute_floor(model, requests, baseline_s), flush=True)
     levels = [int(c) for c in args.clients.split(",")]
     print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5)))
+    return 0
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from sidecar.tools.bench import load, scorer
+    from sidecar.tools.datasets import default_data_dir
+
+    folder = (args.data or default_data_dir()) / args.dataset
+    if not (folder / "qrels.txt").exists():
+        raise UsageError(f"bench load: {folder}/qrels.txt not found; pass --data")
+    cross = str(scorer.build_cross_encoder(packaged_model(), args.work / "minilm-ce"))
+    store = args.work / f"embeddings-{args.precision}.sqlite"
+    known = load.setups(str(packaged_model()), cross, args.budget_ms, store)
+    chosen = [known[name] for name in args.setups.split(",") if name in known]
+    if not chosen:
+        raise UsageError(f"bench load: --setups takes some of {', '.join(known)}")
+    levels = [int(c) for c in args.clients.split(",")]
+    with engine_at(None) as engine:
+        bm25, rows = load.measure(
+            engine.url,
+            folder,
+            chosen,
+            levels,
+            model=str(packaged_model()),
+            precision=args.precision,
+            queries=args.queries,
+            workdir=args.work,
+        )
+    print(load.report(folder.name, bm25, rows))
     return 0
 
 

@@ -11,7 +11,7 @@ import yaml
 from tqdm import tqdm
 
 from sidecar.commands.errors import UsageError, reading
-from sidecar.config import Settings
+from sidecar.config import ScoringOptions, Settings
 from sidecar.tools import datasets, evaluation
 from sidecar.tools.bench.stats import percentile
 from sidecar.tools.embedded import engine_at, packaged_model
@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--rel", type=int, help="lowest relevant grade for MRR/Recall (default: 2 for TREC DL, else 1)")
     parser.add_argument("--queries", type=int, help="only the first N judged queries")
     parser.add_argument("--out", type=Path, help="output folder (default: eval-out/<dataset>)")
+    for name in ("score_mode", "combine_mode", "normalization", "query_weight", "rerank_weight"):
+        field = ScoringOptions.model_fields[name]
+        choices = get_args(field.annotation) or None
+        kind = float if field.annotation is float else str
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, choices=choices, default=field.default, help=field.description)
     parser.set_defaults(run=run)
 
 
@@ -53,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("eval-out") / folder.name
     model = args.model or str(packaged_model())
     if args.candidates:
-        baseline, reranked, took = evaluation.rerank_candidates(folder, queries, model, args.depth, args.precision)
+        scoring = _scoring(args)
+        baseline, reranked, took = evaluation.rerank_candidates(
+            folder, queries, model, args.depth, args.precision, scoring
+        )
         mode = "candidates"
     else:
         baseline, reranked, took = _end_to_end(folder, queries, model, args, out)
@@ -67,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "queries": len(queries),
         "relevant_grade": rel,
+        "scoring": _scoring(args).model_dump(exclude={"min_score"}),
     }
     rep = evaluation.report(base_m, rer_m, latency, info)
     evaluation.save(rep, out)
@@ -88,7 +98,7 @@ def _end_to_end(
     with engine_at(args.engine) as engine:
         client = EngineClient(engine.url)
         index_dataset(client, index, folder)
-        config = args.config or _rule_file(out, index, args.depth)
+        config = args.config or _rule_file(out, index, args.depth, _scoring(args))
         with serve_process(
             engine.url,
             "--config",
@@ -114,14 +124,19 @@ def _end_to_end(
     return baseline, reranked, took
 
 
+def _scoring(args: argparse.Namespace) -> ScoringOptions:
+    names = ("score_mode", "combine_mode", "normalization", "query_weight", "rerank_weight")
+    return ScoringOptions(**{name: getattr(args, name) for name in names})
+
+
 def _ranked(reply: dict[str, Any]) -> dict[str, float]:
     hits = reply["hits"]["hits"]
     return {h["_id"]: float(len(hits) - i) for i, h in enumerate(hits)}
 
 
-def _rule_file(out: Path, index: str, depth: int) -> Path:
+def _rule_file(out: Path, index: str, depth: int, scoring: ScoringOptions) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "sidecar.yaml"
-    rule = {"index": index, "fields": ["title", "text"], "window_size": depth}
+    rule = {"index": index, "fields": ["title", "text"], "window_size": depth, **scoring.model_dump()}
     path.write_text(yaml.safe_dump({"rules": [rule]}))
     return path

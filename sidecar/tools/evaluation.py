@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.config import ScoringOptions
 from sidecar.tools import datasets
 from sidecar.tools.datasets import Judgments
 
@@ -116,13 +117,21 @@ def save(rep: dict[str, Any], out: Path) -> None:
 
 
 def rerank_candidates(
-    folder: Path, queries: dict[str, str], model: str, depth: int, precision: str = "auto"
+    folder: Path,
+    queries: dict[str, str],
+    model: str,
+    depth: int,
+    precision: str = "auto",
+    scoring: ScoringOptions | None = None,
 ) -> tuple[Run, Run, list[float]]:
-    """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query)."""
+    """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query).
+
+    With ``scoring``, hits are ranked by the final score that the sidecar would give them (fusion included)."""
     from tqdm import tqdm
 
     from sidecar.config import ModelSpec
     from sidecar.rerank.scorers.models import load_model
+    from sidecar.search.hits import final_scores
 
     loaded = load_model(
         "eval", ModelSpec(path=model), device="auto", precision=precision, max_length=None, token_cache=0
@@ -136,6 +145,8 @@ def rerank_candidates(
         start = time.perf_counter()
         scores = loaded.score(c.query, texts, 2048)
         took.append((time.perf_counter() - start) * 1000)
+        if scoring is not None:
+            scores = final_scores(c.scores[:depth], scores, scoring)
         baseline[c.qid] = dict(zip(docids, c.scores[:depth], strict=True))
         reranked[c.qid] = dict(zip(docids, scores, strict=True))
     return baseline, reranked, took

@@ -1,0 +1,205 @@
+"""`bench load`: quality under load. Judged queries of a TREC DL set through a real `serve` process over the
+embedded engine holding its corpus, closed loop at several client counts, for several rerank configurations.
+
+For each configuration and client count it reports throughput, the latency added over the engine alone (the
+same queries at the same concurrency, measured in the same run just before), the mean fraction of the window
+the model reranked, fallbacks, and nDCG@10 of the replies actually served: a budget's quality cost shows.
+The score cache is off, or every row after the first would be a cache hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from sidecar.tools import datasets, evaluation
+from sidecar.tools.bench.stats import percentile, table
+from sidecar.tools.engine_client import EngineClient
+from sidecar.tools.indexing import index_dataset
+
+_WINDOW = re.compile(r"window=(\d+)/(\d+)")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One rerank configuration: a name, the rule's extra keys, other settings, and what a reader must know."""
+
+    name: str
+    rule: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    warm: bool = False  # fill the embedding store from the index before serving
+
+
+@dataclass
+class Row:
+    setup: str
+    clients: int
+    rps: float
+    added_p50_ms: float
+    added_p99_ms: float
+    reranked: float  # mean fraction of the window
+    fallbacks: int
+    ndcg10: float
+    note: str = ""
+    run: evaluation.Run = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    seconds: float
+    latencies_ms: list[float]
+    run: evaluation.Run
+    fractions: list[float]
+    fallbacks: int
+
+
+async def _closed_loop(url: str, index: str, queries: Sequence[tuple[str, str]], clients: int, depth: int) -> _Pass:
+    """Each client sends the next query as soon as its last one is answered, until every query is sent once."""
+    todo = list(queries)
+    run: evaluation.Run = {}
+    latencies: list[float] = []
+    fractions: list[float] = []
+    fallbacks = 0
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal fallbacks
+        while todo:
+            qid, text = todo.pop(0)
+            body = {"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}, "size": depth}
+            body["_source"] = False
+            start = time.perf_counter()
+            async with session.post(f"{url}/{index}/_search", json=body) as resp:
+                reply = await resp.json()
+                header = resp.headers.get("X-Rerank", "")
+            latencies.append((time.perf_counter() - start) * 1000)
+            hits = reply["hits"]["hits"]
+            run[qid] = {h["_id"]: float(len(hits) - i) for i, h in enumerate(hits)}
+            if header.startswith("fallback"):
+                fallbacks += 1
+            if m := _WINDOW.search(header):
+                fractions.append(int(m.group(1)) / max(1, int(m.group(2))))
+
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    return _Pass(time.perf_counter() - start, latencies, run, fractions, fallbacks)
+
+
+def setups(bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path) -> dict[str, Setup]:
+    """The four configurations of the issue: the whole window, a budget, a cascade, a warm store."""
+    models = {"models": {"bi": {"path": bi_encoder}, "ce": {"path": cross_encoder}}}
+    cascade = [{"model": "bi", "window_size": 100}, {"model": "ce", "window_size": 20}]
+    untrained = "cross-encoder head untrained offline: its latency is real, its quality is not"
+    return {
+        "full": Setup("full", {}, note="bi-encoder, whole window, as without a budget"),
+        "budget": Setup("budget", {"rerank_budget_ms": budget_ms}, note=f"bi-encoder, {budget_ms:.0f} ms budget"),
+        "cascade": Setup("cascade", {"stages": cascade, "rerank_budget_ms": budget_ms}, models, note=untrained),
+        "store": Setup(
+            "store",
+            {"rerank_budget_ms": budget_ms},
+            {"embedding_store": str(store)},
+            note=f"bi-encoder, warm embedding store, {budget_ms:.0f} ms budget",
+            warm=True,
+        ),
+    }
+
+
+@contextmanager
+def _sidecar(engine: str, folder: Path, index: str, setup: Setup, model: str, precision: str) -> Iterator[str]:
+    from sidecar.tools.launch import serve_process
+
+    rule = {"index": index, "fields": ["title", "text"], "window_size": 100, **setup.rule}
+    config = folder / f"bench-load-{setup.name}.yaml"
+    settings = {"rules": [rule], "score_cache_entries": 0, "rerank_timeout_ms": 120_000, **setup.settings}
+    config.write_text(yaml.safe_dump(settings))
+    if setup.warm:
+        _warm(engine, index, config, model, precision)
+    try:
+        with serve_process(
+            engine, "--config", str(config), "--model", model, "--precision", precision, ready_path="/_sidecar/ready"
+        ) as (_, url):
+            yield url
+    finally:
+        config.unlink(missing_ok=True)
+
+
+def _warm(engine: str, index: str, config: Path, model: str, precision: str) -> None:
+    from sidecar.config import Settings
+    from sidecar.tools.warm import warm
+
+    settings = Settings(config=config, upstream=engine, model=model, precision=precision)
+    done = warm(settings, index, fields=("title", "text"), model=None, batch=256)
+    print(f"  warmed: {done.embedded} embedded, {done.skipped} already held", flush=True)
+
+
+def measure(
+    engine: str,
+    dataset: Path,
+    setups: Sequence[Setup],
+    levels: Sequence[int],
+    *,
+    model: str,
+    precision: str,
+    queries: int | None,
+    workdir: Path,
+) -> tuple[float, list[Row]]:
+    """(nDCG@10 of the engine alone, one row per setup and client count)."""
+    judgments = datasets.qrels(dataset)
+    asked = [(q, t) for q, t in datasets.queries(dataset).items() if q in judgments][:queries]
+    index = f"bench-load-{dataset.name}".lower()
+    index_dataset(EngineClient(engine), index, dataset)
+    workdir.mkdir(parents=True, exist_ok=True)
+    direct = {n: asyncio.run(_closed_loop(engine, index, asked, n, 100)) for n in levels}
+    bm25 = evaluation.measure(judgments, direct[levels[0]].run, 2).mean["nDCG@10"]
+    rows = []
+    for setup in setups:
+        with _sidecar(engine, workdir, index, setup, model, precision) as url:
+            for n in levels:
+                base = asyncio.run(_closed_loop(engine, index, asked, n, 100))  # the engine alone, just before
+                via = asyncio.run(_closed_loop(url, index, asked, n, 100))
+                rows.append(
+                    Row(
+                        setup.name,
+                        n,
+                        len(asked) / via.seconds,
+                        percentile(via.latencies_ms, 50) - percentile(base.latencies_ms, 50),
+                        percentile(via.latencies_ms, 99) - percentile(base.latencies_ms, 99),
+                        statistics.mean(via.fractions) if via.fractions else 0.0,
+                        via.fallbacks,
+                        evaluation.measure(judgments, via.run, 2).mean["nDCG@10"],
+                        setup.note,
+                        via.run,
+                    )
+                )
+                print(f"  {setup.name}, {n} clients: {rows[-1].ndcg10:.4f} nDCG@10", flush=True)
+    return bm25, rows
+
+
+def report(dataset: str, bm25: float, rows: Sequence[Row]) -> str:
+    header = ["setup", "clients", "req/s", "added p50 ms", "added p99 ms", "reranked", "fallbacks", "nDCG@10", "note"]
+    body = [
+        [
+            r.setup,
+            r.clients,
+            f"{r.rps:.2f}",
+            f"{r.added_p50_ms:.0f}",
+            f"{r.added_p99_ms:.0f}",
+            f"{r.reranked:.0%}",
+            r.fallbacks,
+            f"{r.ndcg10:.4f}",
+            r.note,
+        ]
+        for r in rows
+    ]
+    return f"{dataset}: the engine alone (osmem BM25) serves nDCG@10 {bm25:.4f}\n\n" + table(header, body)
