@@ -233,8 +233,9 @@ class Batcher:
             while n < job.waiting and pairs < self._budget_pairs:
                 cost = job.costs[start + n]
                 ends = now + (self.rate or 0.0) * (tokens + cost)
-                # Past the slice only for a pass's first pair (every pass makes progress), never past a deadline.
-                limit = min(horizon, own) if pairs else own
+                # Past the slice only for a pass's first pair (every pass makes progress), never past a deadline,
+                # except for a job's very first pair: trying it costs no latency (the deadline answers anyway).
+                limit = min(horizon, own) if pairs else own if start + n else math.inf
                 if ends > limit:
                     break
                 n, pairs, tokens = n + 1, pairs + 1, tokens + cost

@@ -92,6 +92,7 @@ class _LocalModel:
     async def _calibrate(self, loop: asyncio.AbstractEventLoop) -> None:
         """A first rate for the cost model, from one timed pass of passage-sized pairs."""
         query, texts = "how is the model's speed measured", [_CALIBRATION_TEXT] * 8
+        await loop.run_in_executor(self._executor, self._compute, [(query, texts)])  # the first pass is slower
         started = time.perf_counter()
         await loop.run_in_executor(self._executor, self._compute, [(query, texts)])
         self.batcher.calibrate(time.perf_counter() - started, sum(self._estimate(query, t) for t in texts))
