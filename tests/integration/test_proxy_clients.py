@@ -8,7 +8,7 @@ import pytest
 from elasticsearch import Elasticsearch
 from opensearchpy import OpenSearch, helpers
 
-N_DOCS = 10_000
+N_DOCS = 3_000  # three bulk chunks and four scroll pages: multi-chunk and multi-page, in seconds
 
 
 def _strip_took(value: Any) -> Any:
@@ -80,9 +80,9 @@ def _write_and_compare(direct: Any, proxied: Any, index: str, *, es: bool) -> No
     if es:
         from elasticsearch import helpers as es_helpers
 
-        ok, errors = es_helpers.bulk(proxied, _docs(index), chunk_size=2500, refresh=True)
+        ok, errors = es_helpers.bulk(proxied, _docs(index), chunk_size=1200, refresh=True)
     else:
-        ok, errors = helpers.bulk(proxied, _docs(index), chunk_size=2500, refresh=True)
+        ok, errors = helpers.bulk(proxied, _docs(index), chunk_size=1200, refresh=True)
     assert ok == N_DOCS and not errors
     assert direct.count(index=index)["count"] == N_DOCS
 
