@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import attr
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_before_delay, wait_random_exponential
 from yarl import URL
 
@@ -146,6 +146,16 @@ class Upstream:
                     timeout = _connect_within(timeout, deadline - time.monotonic())
                 return await _send(session, method, url, headers, body, timeout)
         raise AssertionError("unreachable: tenacity re-raises the last attempt's error")
+
+    async def fetch(
+        self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes, *, retry: bool
+    ) -> tuple[int, CIMultiDictProxy[str], bytes]:
+        """A whole reply (status, headers, body as sent); one that breaks off is a 502, never a shorter body."""
+        async with self.request(method, path_qs, headers, body, retry=retry) as resp:
+            try:
+                return resp.status, resp.headers, await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise UpstreamUnavailable(f"the upstream engine broke off its reply: {type(e).__name__}") from e
 
     async def json(self, method: str, path_qs: str, body: Any = None, timeout: float | None = None) -> Any:
         """A small request of our own (readiness, templates); returns (status, decoded JSON)."""

@@ -15,13 +15,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import Settings
 from sidecar.encoding import decode
-from sidecar.errors import BadRequest, RerankFailed, TooManyRequests, UpstreamUnavailable
+from sidecar.errors import BadRequest, RerankFailed, TooManyRequests
 from sidecar.headers import client_response_headers
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
@@ -172,19 +171,15 @@ class RerankPipeline:
         query = [(k, v) for k, v in call.url.query.items() if k not in drop_params]
         path_qs = str(call.url.with_query(query))
         t0 = time.perf_counter()
-        async with self._upstream.request(call.method, path_qs, headers, body, retry=True) as resp:
-            try:
-                data = await resp.read()
-            except (TimeoutError, aiohttp.ClientError) as e:
-                raise UpstreamUnavailable(f"the upstream engine broke off its reply: {type(e).__name__}") from e
-            self._metrics.upstream_seconds.labels("search").observe(time.perf_counter() - t0)
-            out_headers = client_response_headers(
-                resp.headers, drop=("Content-Length", "Content-Encoding"), compat_accept=call.reply_compat
-            )
-            encoding = resp.headers.get("Content-Encoding")
-            plain = decode(data, encoding)
-            reply = _json_object(plain) if plain is not None else None
-            return EngineReply(resp.status, out_headers, data, encoding, reply, Outcome.skipped("engine_error"))
+        status, reply_headers, data = await self._upstream.fetch(call.method, path_qs, headers, body, retry=True)
+        self._metrics.upstream_seconds.labels("search").observe(time.perf_counter() - t0)
+        out_headers = client_response_headers(
+            reply_headers, drop=("Content-Length", "Content-Encoding"), compat_accept=call.reply_compat
+        )
+        encoding = reply_headers.get("Content-Encoding")
+        plain = decode(data, encoding)
+        reply = _json_object(plain) if plain is not None else None
+        return EngineReply(status, out_headers, data, encoding, reply, Outcome.skipped("engine_error"))
 
     # -- scoring -----------------------------------------------------------------------------------------
 
