@@ -25,7 +25,11 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raw = await _read(request)
     text = decode(raw, request.headers.get("Content-Encoding"))
     if text is None:
-        return await _pass(request, raw, PassThrough(None, Outcome.skipped("unparsed_body")))
+        return await _pass(request, raw, PassThrough(None, _UNPARSED))
+    opt_out = request.headers.get("X-Rerank", "").strip().lower() == "off"
+    pipeline = request.app[PIPELINE]
+    if route.kind == "search" and not pipeline.may_rerank(text, route.indices):  # most searches: no JSON parse
+        return await _pass(request, raw, PassThrough(None, _OPTED_OUT if opt_out else _NO_RULE))
     content_type = request.headers.get("Content-Type")
     call = SearchCall(
         kind=route.kind,
@@ -36,13 +40,18 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         parseable=(is_ndjson_media_type if route.kind == "msearch" else is_json_media_type)(content_type),
         headers=forwarder.upstream_headers(request),
         reply_compat=forwarder.reply_compat(request),
-        opt_out=request.headers.get("X-Rerank", "").strip().lower() == "off",
+        opt_out=opt_out,
     )
-    result = await request.app[PIPELINE].run(call)
+    result = await pipeline.run(call)
     if isinstance(result, PassThrough):
         return await _pass(request, raw, result)
     request[OUTCOME] = result.outcome
     return _reply(request, result)
+
+
+_UNPARSED = Outcome.skipped("unparsed_body")
+_NO_RULE = Outcome.skipped("no_rule")
+_OPTED_OUT = Outcome.skipped("disabled_by_header")
 
 
 async def _read(request: web.Request) -> bytes:

@@ -92,6 +92,10 @@ class RerankPipeline:
             for name, state in self._scorer.readiness().items()
         }
 
+    def may_rerank(self, body: bytes, indices: tuple[str, ...]) -> bool:
+        """False when a `_search` certainly passes through: no rule for its indices, no rerank syntax in it."""
+        return may_rerank(body, self._settings.rules, indices)
+
     async def run(self, call: SearchCall) -> PassThrough | EngineReply:
         if call.kind == "msearch":
             return await self._msearch(call)
