@@ -27,7 +27,14 @@ def register(sub: Any) -> None:
     scorer.add_argument("--data", type=Path, help="folder holding trec_dl19/ (default: $SIDECAR_DATA_DIR)")
     scorer.add_argument("--queries", type=int, help="use the first N queries (default: all 43)")
     scorer.add_argument("--rounds", type=int, default=1, help="alternating rounds of each engine")
-    scorer.add_argument("--precision", default="fp32,int8", help="our precisions to measure, comma-separated")
+    scorer.add_argument(
+        "--precision",
+        default="auto,fp32,int8",
+        help="our contenders, comma-separated: a precision (auto: the CPU table's pick; others on torch) or "
+        "backend:precision (onnx:int8, openvino:fp32)",
+    )
+    scorer.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (as the sidecar's --device)")
+    scorer.add_argument("--batch-tokens", type=int, help="padded tokens per model batch (default: by device)")
     scorer.add_argument("--clients", default="1,4,16", help="concurrency levels for the latency table")
     scorer.add_argument("--latency-queries", type=int, default=16, help="top-100 requests per latency level")
     scorer.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-minilm-ce")
@@ -37,7 +44,7 @@ def register(sub: Any) -> None:
     load.add_argument("--data", type=Path, help="folder holding the dataset (default: $SIDECAR_DATA_DIR)")
     load.add_argument("--dataset", default="trec_dl19", help="a TREC DL folder (default: %(default)s)")
     load.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
-    load.add_argument("--setups", default="full,budget,cascade,store", help="which configurations, in order")
+    load.add_argument("--setups", default="full,budget,cascade,store,cascade-store", help="which ones, in order")
     load.add_argument("--budget-ms", type=float, default=300, help="the latency budget (default: %(default)s)")
     load.add_argument("--queries", type=int, help="only the first N judged queries")
     load.add_argument("--precision", default="auto", help="serving precision (default: %(default)s)")
@@ -56,11 +63,16 @@ def run_scorer(args: argparse.Namespace) -> int:
     rows = candidates(folder)
     requests = scorer.requests_from(rows, args.queries)
     print(scorer.describe(requests, model), flush=True)
-    speeds, baseline_s = scorer.throughput(model, requests, args.precision.split(","), args.rounds)
+    print(scorer.cpu_line(), flush=True)
+    contenders = scorer.parse_contenders(args.precision)
+    speeds, baseline_s = scorer.throughput(
+        model, requests, contenders, args.rounds, device=args.device, batch_tokens=args.batch_tokens
+    )
     print(speeds)
-    print(scorer.compute_floor(model, requests, baseline_s), flush=True)
+    if scorer.on_cpu(args.device):  # the fp32 floor is this CPU's GEMM rate
+        print(scorer.compute_floor(model, requests, baseline_s), flush=True)
     levels = [int(c) for c in args.clients.split(",")]
-    print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5)))
+    print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5), args.device))
     return 0
 
 

@@ -97,10 +97,11 @@ async def _closed_loop(url: str, index: str, queries: Sequence[tuple[str, str]],
 
 
 def setups(bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path) -> dict[str, Setup]:
-    """The four configurations of the issue: the whole window, a budget, a cascade, a warm store."""
+    """The whole window, a budget, a cascade, a warm store, and the cascade over the warm store."""
     models = {"models": {"bi": {"path": bi_encoder}, "ce": {"path": cross_encoder}}}
     cascade = [{"model": "bi", "window_size": 100}, {"model": "ce", "window_size": 20}]
     untrained = "cross-encoder head untrained offline: its latency is real, its quality is not"
+    stored = {**models, "embedding_store": str(store)}
     return {
         "full": Setup("full", {}, note="bi-encoder, whole window, as without a budget"),
         "budget": Setup("budget", {"rerank_budget_ms": budget_ms}, note=f"bi-encoder, {budget_ms:.0f} ms budget"),
@@ -110,6 +111,13 @@ def setups(bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path) -
             {"rerank_budget_ms": budget_ms},
             {"embedding_store": str(store)},
             note=f"bi-encoder, warm embedding store, {budget_ms:.0f} ms budget",
+            warm=True,
+        ),
+        "cascade-store": Setup(
+            "cascade-store",
+            {"stages": cascade, "rerank_budget_ms": budget_ms},
+            stored,
+            note=f"bi-encoder from the warm store, then {untrained}",
             warm=True,
         ),
     }
