@@ -93,6 +93,9 @@ class ModelSpec(_Frozen):
     activation: Literal["none", "sigmoid", "softmax"] = Field("none", description="applied to the chosen logit")
     max_length: int | None = Field(None, ge=8, le=8192, description="token limit per pair; default: model's, <=512")
     max_chunks_per_doc: int | None = Field(None, ge=1, le=64, description="long documents: token windows scored")
+    backend: Literal["auto", "torch", "onnx", "openvino"] | None = Field(
+        None, description="runtime of this model on the CPU; default: the global backend"
+    )
 
 
 class Settings(BaseSettings):
@@ -141,13 +144,25 @@ class Settings(BaseSettings):
     rules: tuple[Rule, ...] = Field((), description="drop-in rerank rules")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
-        "auto", description="auto: fp16 on CUDA/MPS, int8 on CPU (dynamic quantization; FFN down-projections stay fp32)"
+        "auto",
+        description="auto: fp16 on CUDA/MPS; on the CPU the pick of the CPU table (rerank/scorers/cpu.py): bf16 "
+        "with AMX, int8 with VNNI, onnx int8 (FFN down-projections in fp32) with AVX2, else fp32",
+    )
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "auto", description="CPU runtime; auto: the CPU table's pick (rerank/scorers/cpu.py) among installed ones"
+    )
+    export_dir: Path | None = Field(
+        None, description="cache of ONNX/OpenVINO exports, keyed by weights; default: $HF_HOME/rerank-sidecar/exports"
     )
     max_length: int | None = Field(None, ge=8, le=8192, description="default token limit per pair")
     max_chunks_per_doc: int = Field(
         1, ge=1, le=64, description="1: truncate long documents; N: score up to N overlapping windows, keep the max"
     )
-    batch_tokens: int = Field(2048, ge=64, description="token budget of one model batch (padded tokens)")
+    batch_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="token budget of one model batch (padded tokens); default: 2048 CPU, 8192 MPS, 16384 CUDA",
+    )
     max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests' pairs")
     queue_pairs: int = Field(20000, ge=1, description="max pairs waiting for the model")
     rerank_timeout_ms: float = Field(

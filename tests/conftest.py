@@ -14,6 +14,15 @@ from tests.models import build_tiny_cross_encoder
 from tests.servers import Http, SidecarThread
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _exports_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ONNX/OpenVINO exports the tests make go to a folder of the session, not the user's HF cache (serve
+    processes the tests start inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIDECAR_EXPORT_DIR", str(tmp_path_factory.mktemp("exports")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny random BERT cross-encoder saved with save_pretrained: the real loading path, fast."""

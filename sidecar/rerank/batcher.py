@@ -86,7 +86,7 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self._queue_pairs = queue_pairs
-        self._budget_pairs = budget_pairs
+        self.budget_pairs = budget_pairs
         self._max_wait_s = max_wait_s
         self._order_horizon_s = order_horizon_s
         self._estimate = estimate
@@ -186,7 +186,7 @@ class Batcher:
             if not any(j.waiting for j in self._jobs):
                 self._wake.clear()
                 await self._wake.wait()
-                if self._max_wait_s and self.waiting_pairs < self._budget_pairs:
+                if self._max_wait_s and self.waiting_pairs < self.budget_pairs:
                     await asyncio.sleep(self._max_wait_s)  # let other searches' pairs join this pass
             chunks = self._next_pass(loop.time())
             if not chunks:
@@ -230,7 +230,7 @@ class Batcher:
                 continue
             own = job.deadline if job.budgeted else math.inf
             start, n = job.taken, 0
-            while n < job.waiting and pairs < self._budget_pairs:
+            while n < job.waiting and pairs < self.budget_pairs:
                 cost = job.costs[start + n]
                 ends = now + (self.rate or 0.0) * (tokens + cost)
                 # Past the slice only for a pass's first pair (every pass makes progress), never past a deadline,
@@ -245,6 +245,6 @@ class Batcher:
                 self._metrics.queue_pairs.dec(n)
                 if job.budgeted:
                     horizon = min(horizon, job.deadline)
-            if pairs >= self._budget_pairs:
+            if pairs >= self.budget_pairs:
                 break
         return chunks

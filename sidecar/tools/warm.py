@@ -78,6 +78,8 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
         max_length=settings.max_length,
         token_cache=0,
         max_chunks=settings.max_chunks_per_doc,
+        backend=settings.backend,
+        export_dir=settings.export_dir,
     )
     if loaded.kind != "bi-encoder":
         raise WarmError(f"model [{name}] is a {loaded.kind}: only bi-encoder embeddings can be kept")
@@ -96,7 +98,7 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
                 keys = {t: text_key(t) for t in texts}
                 held = store.has_many(loaded.space, list(keys.values()))
                 todo = [t for t in texts if keys[t] not in held]
-                vectors = loaded.embed(todo, settings.batch_tokens)
+                vectors = loaded.embed(todo, settings.batch_tokens or 2048)
                 embeddings.put_many([(keys[t], v) for t, v in zip(todo, vectors, strict=True)])
                 documents += len(page)
                 embedded += len(todo)

@@ -63,7 +63,7 @@ def test_tiny_cross_encoder_scores_like_transformers(tiny_model: str) -> None:
     loaded = load_model(
         "t", ModelSpec(path=tiny_model), device="cpu", precision="fp32", max_length=None, token_cache=10
     )
-    assert loaded.kind == "cross-encoder"
+    assert loaded.kind == "cross-encoder" and loaded.kernel.startswith("torch fp32 (")  # fp32 named: the reference
     got = loaded.score("parse the date", DOCS, batch_tokens=64)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ref_model = AutoModelForSequenceClassification.from_pretrained(tiny_model).eval()
@@ -188,3 +188,11 @@ def test_chunking_finds_the_answer_past_the_truncation_point_with_real_weights()
     query = "how do I parse a date string"
     truncated, chunked = load(1).score(query, [doc], 4096)[0], load(8).score(query, [doc], 4096)[0]
     assert chunked > truncated + 0.1
+
+
+def test_cpu_bf16_is_autocast_over_fp32_weights(tiny_model: str) -> None:
+    spec = ModelSpec(path=tiny_model)
+    fp32 = load_model("m", spec, device="cpu", precision="fp32", max_length=None, token_cache=0)
+    bf16 = load_model("m", spec, device="cpu", precision="bf16", max_length=None, token_cache=0)
+    assert bf16.kernel.startswith("torch bf16 (") and next(bf16.model.parameters()).dtype == torch.float32
+    assert bf16.score("parse the date", DOCS, 64) == pytest.approx(fp32.score("parse the date", DOCS, 64), abs=0.02)

@@ -44,6 +44,7 @@ class _LocalModel:
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self.model: LoadedModel | None = None
+        self.batch_tokens = 2048
         self.state = "loading"
         self.error: str | None = None
         self.batcher = Batcher(
@@ -52,7 +53,7 @@ class _LocalModel:
             self._executor,
             metrics,
             queue_pairs=settings.queue_pairs,
-            budget_pairs=max(1, settings.batch_tokens // 64),
+            budget_pairs=32,  # set for the device once the model is loaded
             max_wait_s=settings.max_wait_ms / 1000,
             order_horizon_s=settings.rerank_timeout_ms / 1000,
             estimate=self._estimate,
@@ -60,7 +61,7 @@ class _LocalModel:
         self._max_tokens = 512.0
 
     async def start(self) -> None:
-        from sidecar.rerank.scorers.models import load_model
+        from sidecar.rerank.scorers.models import device_batch_tokens, load_model
 
         loop = asyncio.get_running_loop()
         s = self._settings
@@ -75,6 +76,8 @@ class _LocalModel:
                     max_length=s.max_length,
                     token_cache=s.token_cache_entries,
                     max_chunks=s.max_chunks_per_doc,
+                    backend=s.backend,
+                    export_dir=s.export_dir,
                 ),
             )
             await loop.run_in_executor(self._executor, model.score, "warm up", ["the model is warming up"], 512)
@@ -82,6 +85,9 @@ class _LocalModel:
             self.state, self.error = "failed", str(e)
             raise
         self.model = model
+        self.batch_tokens = self._settings.batch_tokens or device_batch_tokens(model.device)
+        # One pass takes about 1.5 batches of pairs: 32 on a CPU, 256 on a GPU.
+        self.batcher.budget_pairs = max(1, self.batch_tokens // 64)
         self._max_tokens = float(model.encoder.max_length * model.encoder.max_chunks)
         await self._calibrate(loop)
         if model.kind == "bi-encoder":  # after the calibration, whose texts must not fill the store
@@ -111,7 +117,7 @@ class _LocalModel:
     def _compute(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
         """Runs in the model's thread: the pairs of all jobs share length-sorted batches."""
         assert self.model is not None
-        return self.model.score_many(jobs, self._settings.batch_tokens)
+        return self.model.score_many(jobs, self.batch_tokens)
 
 
 class LocalScorer:
@@ -144,7 +150,12 @@ class LocalScorer:
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         return {
-            name: {"state": m.state, "path": m.spec.path, **({"error": m.error} if m.error else {})}
+            name: {
+                "state": m.state,
+                "path": m.spec.path,
+                **({"kernel": m.model.kernel} if m.model is not None else {}),
+                **({"error": m.error} if m.error else {}),
+            }
             for name, m in self._models.items()
         }
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
@@ -18,8 +19,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from sidecar.config import ModelSpec
 from sidecar.errors import ModelLoadError
 from sidecar.rerank.cache import text_key
+from sidecar.rerank.scorers import cpu
 from sidecar.rerank.scorers.batching import plan_batches
 from sidecar.rerank.scorers.embeddings import Embeddings, Vectors
+from sidecar.rerank.scorers.exported import cached_export, export_root
 from sidecar.rerank.scorers.tokens import PairEncoder
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,45 @@ def _mps_available() -> bool:
     return mps is not None and bool(mps.is_available())
 
 
+def device_batch_tokens(device: torch.device) -> int:
+    """Padded tokens of one model batch sized for the device: small on the CPU, where a batch of about 20
+    passages already fills the cores and smaller batches keep latency low; large on GPUs, which only reach their
+    throughput with thousands of tokens in flight (not measured here: no GPU on the machine this was sized on)."""
+    return {"cuda": 16384, "mps": 8192}.get(device.type, 2048)
+
+
 def choose_precision(setting: str, device: torch.device) -> str:
-    """auto: fp16 on CUDA and MPS (bf16 is a setting), int8 on CPU (see ``_quantize``)."""
-    if setting != "auto":
-        return setting
-    if device.type in ("cuda", "mps"):
-        return "fp16"
-    return "int8"
+    """auto: fp16 on CUDA and MPS (bf16 is a setting); on the CPU, the precision of ``choose_kernel``'s row."""
+    return choose_kernel(setting, "auto", device).precision
+
+
+def choose_kernel(
+    precision: str,
+    backend: str,
+    device: torch.device,
+    *,
+    features: Collection[str] | None = None,
+    installed: Collection[str] | None = None,
+) -> cpu.Kernel:
+    """The backend and precision a model runs with: on the CPU, the first row of ``cpu.CPU_TABLE`` that this
+    CPU's features and the installed backends allow; on CUDA and MPS, torch (fp16 unless a precision is set)."""
+    if device.type != "cpu":
+        if backend not in ("auto", "torch"):
+            raise ModelLoadError(f"backend {backend} runs on the CPU only; set backend torch for device {device}")
+        return cpu.Kernel("torch", "fp16" if precision == "auto" else precision, device.type)
+    if precision == "fp16":
+        raise ModelLoadError("precision fp16 is for CUDA and MPS; on the CPU use auto, fp32, bf16 or int8")
+    found = cpu.cpu_features() if features is None else features
+    return cpu.pick(
+        found, installed_backends() if installed is None else installed, precision=precision, backend=backend
+    )
+
+
+def installed_backends() -> frozenset[str]:
+    """The backends whose packages are importable: torch always; onnx needs onnxruntime and onnx (to export)."""
+    needs = {"onnx": ("onnxruntime", "onnx"), "openvino": ("openvino",)}
+    found = {b for b, mods in needs.items() if all(importlib.util.find_spec(m) is not None for m in mods)}
+    return frozenset({"torch", *found})
 
 
 def detect_kind(path: str, forced: str) -> str:
@@ -85,18 +120,47 @@ def _mean_pooling_only(folder: Path) -> None:
                 raise ModelLoadError(f"{folder}: only mean pooling is supported for bi-encoders, got {cfg}")
 
 
+class Forward(Protocol):
+    """One backend's forward pass: the inputs as CPU or device tensors in, logits or last hidden state out."""
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+@dataclass
+class TorchForward:
+    model: Any
+    kind: str
+    autocast: bool = False  # bf16 on the CPU: fp32 weights, bf16 matmuls (AMX), fp32 norms and softmax
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(**inputs)
+        return out.logits if self.kind == "cross-encoder" else out.last_hidden_state  # type: ignore[no-any-return]
+
+
 @dataclass
 class LoadedModel:
     name: str
     kind: str
     device: torch.device
     precision: str
-    model: Any
+    model: Any  # the torch module on the torch backend; None where another backend runs the model
     encoder: PairEncoder
     label: int | None
     activation: str
     space: str = ""  # what embeddings of this model depend on: path, weights, precision, token limits
     embeddings: Embeddings | None = None  # bi-encoders: document and query vectors kept between searches
+    forward: Forward | None = None  # None: TorchForward(model)
+    kernel: str = ""  # what ran: "torch int8 (avx2)", "onnx fp32 (avx2)", "torch fp16 (cuda)"
+    hidden_size: int = 0
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = TorchForward(self.model, self.kind)
+        if not self.hidden_size and self.model is not None:
+            self.hidden_size = int(self.model.config.hidden_size)
+        self.kernel = self.kernel or f"{self.backend} {self.precision} ({self.device.type})"
 
     # -- forward passes (run in the model's worker thread, never on the event loop) ----------------------
 
@@ -122,7 +186,7 @@ class LoadedModel:
                 docs += 1
         flat = [-math.inf] * docs
         for batch in plan_batches([len(p[0]) for p in pairs], batch_tokens):
-            logits = self._forward([pairs[i] for i in batch], with_types=True).logits
+            logits = self._forward([pairs[i] for i in batch], with_types=True)
             for i, value in zip(batch, self._pick(logits).tolist(), strict=True):
                 flat[owner[i]] = max(flat[owner[i]], float(value))
         return _split(flat, [len(texts) for _, texts in requests])
@@ -168,7 +232,7 @@ class LoadedModel:
             owner += [n] * len(chunks)
         if not singles:
             return []
-        embeddings = torch.zeros(len(singles), self.model.config.hidden_size)
+        embeddings = torch.zeros(len(singles), self.hidden_size)
         for batch in plan_batches([len(s[0]) for s in singles], batch_tokens):
             embeddings[batch] = self._forward([singles[i] for i in batch], with_types=False, pooled=True)
         rows = torch.nn.functional.normalize(embeddings, dim=-1).numpy()
@@ -177,7 +241,9 @@ class LoadedModel:
             out[n].append(row)
         return [rows[r] for r in out]
 
-    def _forward(self, items: Sequence[tuple[list[int], list[int]]], *, with_types: bool, pooled: bool = False) -> Any:
+    def _forward(
+        self, items: Sequence[tuple[list[int], list[int]]], *, with_types: bool, pooled: bool = False
+    ) -> torch.Tensor:
         longest = max(len(ids) for ids, _ in items)
         pad = self.encoder.tokenizer.pad_token_id or 0
         ids = torch.full((len(items), longest), pad, dtype=torch.long)
@@ -192,10 +258,11 @@ class LoadedModel:
             inputs["token_type_ids"] = types
         if self.device.type != "cpu":
             inputs = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in inputs.items()}
-        out = self.model(**inputs)
+        assert self.forward is not None
+        out = self.forward(inputs)
         if not pooled:
             return out
-        return mean_pool(out.last_hidden_state.float(), inputs["attention_mask"]).cpu()
+        return mean_pool(out.float(), inputs["attention_mask"]).cpu()
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -223,19 +290,33 @@ def load_model(
     max_length: int | None,
     token_cache: int,
     max_chunks: int = 1,
+    backend: str = "auto",
+    export_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load a hub id (HF cache; HF_HUB_OFFLINE honoured) or a local folder, on the chosen device and precision."""
+    """Load a hub id (HF cache; HF_HUB_OFFLINE honoured) or a local folder, on the chosen device, backend and
+    precision. ``spec.backend``, where set, overrides ``backend``; exports to ONNX or OpenVINO are kept in
+    ``export_dir`` (default: beside the HF cache) and made again only when the weights change."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     kind = detect_kind(spec.path, spec.kind)
     dev = choose_device(device)
-    prec = choose_precision(precision, dev)
-    tokenizer, config, model = _read(name, spec, kind)
+    asked = spec.backend or backend
+    kernel = choose_kernel(precision, asked, dev)
+    tokenizer, config = _read_config(name, spec)
+    if kind == "bi-encoder" and Path(spec.path).is_dir():
+        _mean_pooling_only(Path(spec.path))
+    fingerprint = _fingerprint(spec.path, config)
+    load = _loader(name, spec, kind)
     try:
-        model = _with_precision(model.eval(), dev, prec)
-    except (RuntimeError, AssertionError) as e:  # torch: not compiled with CUDA, out of memory, a driver error
-        raise ModelLoadError(f"cannot put model [{name}] on {dev} in {prec}: {type(e).__name__}: {e}") from e
+        model, forward = _runner(load, config, kind, kernel, dev, fingerprint, export_root(export_dir), tokenizer)
+    except ModelLoadError as e:
+        if asked != "auto" or kernel.backend == "torch":
+            raise
+        log.warning("model [%s]: %s; falling back to the next kernel for this CPU", name, e)
+        kernel = choose_kernel(precision, "torch", dev)
+        model, forward = _runner(load, config, kind, kernel, dev, fingerprint, export_root(export_dir), tokenizer)
+    prec = kernel.precision
     limit = spec.max_length or max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     limit = min(limit, int(getattr(config, "max_position_embeddings", limit) or limit))
     label = spec.label
@@ -247,45 +328,168 @@ def load_model(
         encoder = PairEncoder(tokenizer, limit, token_cache, max_chunks=spec.max_chunks_per_doc or max_chunks)
     except ValueError as e:  # the tokenizer does not put a query and a document into one sequence as BERT's do
         raise ModelLoadError(f"model [{name}] from '{spec.path}': {e}") from e
-    log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, prec, limit)
-    space = f"{_fingerprint(spec.path)}|{prec}|{limit}|{encoder.max_chunks}"
-    return LoadedModel(name, kind, dev, prec, model, encoder, label, spec.activation, space)
+    log.info("model [%s] %s from %s on %s (%s, max_length %d)", name, kind, spec.path, dev, kernel.name, limit)
+    numerics = prec if kernel.backend == "torch" else f"{kernel.backend}-{prec}"  # torch keeps the stores' old keys
+    space = f"{fingerprint}|{numerics}|{limit}|{encoder.max_chunks}"
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    return LoadedModel(
+        name, kind, dev, prec, model, encoder, label, spec.activation, space,
+        forward=forward, kernel=kernel.name, hidden_size=hidden, backend=kernel.backend,
+    )  # fmt: skip
 
 
-def _fingerprint(path: str) -> str:
+def _runner(
+    load: Callable[[], Any],
+    config: Any,
+    kind: str,
+    kernel: cpu.Kernel,
+    device: torch.device,
+    fingerprint: str,
+    root: Path,
+    tokenizer: Any,
+) -> tuple[Any, Forward]:
+    """The torch module (torch backend; None otherwise) and the forward pass of ``kernel``."""
+    if kernel.backend == "torch":
+        try:
+            model = _with_precision(load().eval(), device, kernel.precision)
+        except (RuntimeError, AssertionError) as e:  # torch: not compiled with CUDA, out of memory, a driver error
+            raise ModelLoadError(
+                f"cannot put the model on {device} in {kernel.precision}: {type(e).__name__}: {e}"
+            ) from e
+        return model, TorchForward(model, kind, autocast=device.type == "cpu" and kernel.precision == "bf16")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in _input_names(tokenizer)]
+    threads = torch.get_num_threads()
+    if kernel.backend == "onnx":
+        if kernel.precision not in ("fp32", "int8"):
+            raise ModelLoadError(f"backend onnx runs fp32 or int8, not {kernel.precision}")
+        _need("onnx", "onnxruntime", "onnx")
+        from sidecar.rerank.scorers import onnx
+
+        folder = _export(
+            root,
+            fingerprint,
+            kind,
+            kernel,
+            load,
+            lambda m, out: onnx.build(m, config, kind, names, kernel.precision, out),
+            onnx.RECIPE,
+        )
+        return None, _started(lambda: onnx.OnnxForward(folder / onnx.FILE, threads), folder)
+    if kernel.precision not in ("fp32", "int8", "bf16"):
+        raise ModelLoadError(f"backend openvino runs fp32, int8 or bf16, not {kernel.precision}")
+    _need("openvino", "openvino", *(("nncf",) if kernel.precision == "int8" else ()))
+    from sidecar.rerank.scorers import openvino
+
+    stored = "fp32" if kernel.precision == "bf16" else kernel.precision  # bf16 is a run-time hint on fp32 weights
+    folder = _export(
+        root, fingerprint, kind, cpu.Kernel("openvino", stored, ""), load,
+        lambda m, out: openvino.build(m, config, kind, names, stored, out), openvino.RECIPE,
+    )  # fmt: skip
+    return None, _started(lambda: openvino.OpenVinoForward(folder / openvino.FILE, threads, kernel.precision), folder)
+
+
+def _started(start: Callable[[], Forward], folder: Path) -> Forward:
+    try:
+        return start()
+    except Exception as e:  # the runtime's own errors: a damaged export, an operator this version lacks
+        raise ModelLoadError(
+            f"cannot run the export in {folder} ({type(e).__name__}: {e}); delete it to export again"
+        ) from e
+
+
+def _input_names(tokenizer: Any) -> list[str]:
+    return list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
+
+
+def _need(backend: str, *modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModelLoadError(
+            f"backend {backend} needs {', '.join(missing)}: pip install 'rerank-sidecar[{backend}]' (or use torch)"
+        )
+
+
+def _export(
+    root: Path,
+    fingerprint: str,
+    kind: str,
+    kernel: cpu.Kernel,
+    load: Callable[[], Any],
+    build: Callable[[Any, Path], None],
+    recipe: str,
+) -> Path:
+    """The cached export of this model for ``kernel``, made from the torch model (loaded only on a miss)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def have(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "-"
+
+    tools = ("torch", "transformers", *(("onnxruntime",) if kernel.backend == "onnx" else ("openvino", "nncf")))
+    key = {"model": fingerprint, "kind": kind, "precision": kernel.precision, "recipe": recipe}
+    key |= {f"version:{t}": have(t) for t in tools}
+
+    def make(out: Path) -> None:
+        model = load().eval()
+        if hasattr(model, "set_attn_implementation"):  # transformers >= 4.48; eager was the default before
+            model.set_attn_implementation("eager")  # plain MatMul/Softmax attention: no SDPA-only operators
+        build(model, out)
+
+    try:
+        return cached_export(root, Path(fingerprint.split(":")[0]).name, key, make)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # the exporters' and runtimes' own errors: an operator they lack, a full disk
+        raise ModelLoadError(
+            f"cannot export the model for {kernel.backend} {kernel.precision}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _fingerprint(path: str, config: Any = None) -> str:
     """The model's path, and for a local folder the size and time of its weights (a retrained model saved
-    in the same folder must not meet the old one's embeddings)."""
+    in the same folder must not meet the old one's embeddings); for a hub id, the cached revision."""
     folder = Path(path).expanduser()
     for name in ("model.safetensors", "pytorch_model.bin"):
         weights = folder / name
         if weights.is_file():
             stat = weights.stat()
             return f"{folder.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return path
+    revision = getattr(config, "_commit_hash", None)
+    return f"{path}@{revision}" if revision else path
 
 
-def _read(name: str, spec: ModelSpec, kind: str) -> tuple[Any, Any, Any]:
-    """Tokenizer, config and model (on the CPU, fp32) from a local folder or the Hugging Face cache."""
+def _read_config(name: str, spec: ModelSpec) -> tuple[Any, Any]:
+    """Tokenizer and config from a local folder or the Hugging Face cache."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec.path)
-        config = AutoConfig.from_pretrained(spec.path)
-        if kind == "bi-encoder":
-            if Path(spec.path).is_dir():
-                _mean_pooling_only(Path(spec.path))
-            model = AutoModel.from_pretrained(spec.path)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(spec.path)
-    except ModelLoadError:
-        raise
+        return AutoTokenizer.from_pretrained(spec.path), AutoConfig.from_pretrained(spec.path)
     except Exception as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0")
-        raise ModelLoadError(
-            f"cannot load model [{name}] from '{spec.path}': not a local folder with a config.json, and not a "
-            f"hub id found in the Hugging Face cache (HF_HUB_OFFLINE={offline}, "
-            f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Point --model (or models.{name}.path) "
-            f"at a local copy, e.g. one saved with save_pretrained. ({type(e).__name__})"
-        ) from e
-    return tokenizer, config, model
+        raise _unreadable(name, spec, e) from e
+
+
+def _loader(name: str, spec: ModelSpec, kind: str) -> Callable[[], Any]:
+    """Reads the weights (on the CPU, fp32) when called: never, where an export made earlier runs the model."""
+
+    def load() -> Any:
+        try:
+            if kind == "bi-encoder":
+                return AutoModel.from_pretrained(spec.path)
+            return AutoModelForSequenceClassification.from_pretrained(spec.path)
+        except Exception as e:
+            raise _unreadable(name, spec, e) from e
+
+    return load
+
+
+def _unreadable(name: str, spec: ModelSpec, e: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0")
+    return ModelLoadError(
+        f"cannot load model [{name}] from '{spec.path}': not a local folder with a config.json, and not a "
+        f"hub id found in the Hugging Face cache (HF_HUB_OFFLINE={offline}, "
+        f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). Point --model (or models.{name}.path) "
+        f"at a local copy, e.g. one saved with save_pretrained. ({type(e).__name__})"
+    )
 
 
 def _with_precision(model: Any, device: torch.device, precision: str) -> Any:
@@ -295,7 +499,7 @@ def _with_precision(model: Any, device: torch.device, precision: str) -> Any:
         return _quantize(model)
     if precision == "fp16":
         model = model.half()
-    elif precision == "bf16":
+    elif precision == "bf16" and device.type != "cpu":  # on the CPU, bf16 is autocast over fp32 weights
         model = model.to(torch.bfloat16)
     return model.to(device)
 

@@ -30,46 +30,88 @@ def build_cross_encoder(source: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str], rounds: int) -> tuple[str, float]:
-    """Docs/s of each contender, alternated request by request over the same requests, and the ratio to the baseline."""
+def parse_contenders(spec: str) -> list[tuple[str, str]]:
+    """``auto,fp32,onnx:int8`` -> [(backend, precision)]: a bare precision runs on backend auto."""
+    out = []
+    for item in (i.strip() for i in spec.split(",")):
+        if item:
+            backend, _, precision = item.rpartition(":")
+            out.append((backend or "auto", precision))
+    return out
+
+
+def batch_for(device: str) -> int:
+    """The padded tokens of one model batch on ``device`` (``auto`` resolved as the sidecar resolves it)."""
+    from sidecar.rerank.scorers.models import choose_device, device_batch_tokens
+
+    return device_batch_tokens(choose_device(device))
+
+
+def on_cpu(device: str) -> bool:
+    from sidecar.rerank.scorers.models import choose_device
+
+    return choose_device(device).type == "cpu"
+
+
+def throughput(
+    model: str,
+    requests: Sequence[Request],
+    contenders: Sequence[tuple[str, str]],
+    rounds: int,
+    *,
+    device: str = "cpu",
+    batch_tokens: int | None = None,
+) -> tuple[str, float]:
+    """Docs/s of each contender, alternated request by request over the same requests, and the ratio to the baseline.
+
+    Each row names the kernel that ran (backend, precision, CPU feature or device), as ``/ready`` does."""
     import numpy as np
-    import torch
     from sentence_transformers import CrossEncoder
 
-    from sidecar.rerank.scorers.models import load_model
+    from sidecar.rerank.scorers.models import choose_device, load_model
 
-    ours = {
-        p: load_model("bench", ModelSpec(path=model), device="cpu", precision=p, max_length=None, token_cache=0)
-        for p in precisions
-    }
-    baseline = CrossEncoder(model, device="cpu")
+    dev = choose_device(device)
+    tokens = batch_tokens or batch_for(device)
+    ours: dict[str, Any] = {}
+    auto = None
+    for backend, precision in contenders:
+        loaded = load_model(
+            "bench", ModelSpec(path=model), device=str(dev), precision=precision, backend=backend, max_length=None,
+            token_cache=0,
+        )  # fmt: skip
+        ours.setdefault(loaded.kernel, loaded)  # the same kernel asked for twice (auto and by name) runs once
+        auto = loaded.kernel if (backend, precision) == ("auto", "auto") else auto
+    ours = {f"rerank-sidecar {k}" + (" (auto)" if k == auto else ""): m for k, m in ours.items()}
+    baseline = CrossEncoder(model, device=str(dev))
+    import torch
+
     identity = torch.nn.Identity()
 
     def predict(q: str, texts: list[str]) -> Sequence[float]:
-        return [
-            float(x) for x in baseline.predict([(q, d) for d in texts], activation_fn=identity, show_progress_bar=False)
-        ]
+        pairs = [(q, d) for d in texts]
+        return [float(x) for x in baseline.predict(pairs, activation_fn=identity, show_progress_bar=False)]
 
-    contenders: dict[str, Callable[[str, list[str]], Sequence[float]]] = {
+    contenders_by_name: dict[str, Callable[[str, list[str]], Sequence[float]]] = {
         "sentence-transformers CrossEncoder.predict": predict,
-        **{f"rerank-sidecar ({p})": functools.partial(_ours, m) for p, m in ours.items()},
+        **{name: functools.partial(_ours, m, tokens) for name, m in ours.items()},
     }
-    seconds = dict.fromkeys(contenders, 0.0)
-    scores: dict[str, list[float]] = {name: [] for name in contenders}
+    seconds = dict.fromkeys(contenders_by_name, 0.0)
+    scores: dict[str, list[list[float]]] = {name: [] for name in contenders_by_name}
     for r in range(rounds):
         for q, texts in requests:  # contenders alternate request by request: the machine's drift hits all alike
-            for name, score in contenders.items():
+            for name, score in contenders_by_name.items():
                 start = time.perf_counter()
                 out = [float(x) for x in score(q, texts)]
                 seconds[name] += time.perf_counter() - start
                 if r == 0:
-                    scores[name] += out
+                    scores[name].append(out)
         print(f"  round {r + 1}: " + ", ".join(f"{n}: {s:.1f} s" for n, s in seconds.items()), flush=True)
     docs = sum(len(t) for _, t in requests) * rounds
-    base_name = next(iter(contenders))
+    base_name = next(iter(contenders_by_name))
     rows = []
-    for name in contenders:
-        diff = float(np.abs(np.array(scores[name]) - np.array(scores[base_name])).max())
+    for name in contenders_by_name:
+        got, want = scores[name], scores[base_name]
+        diff = max(float(np.abs(np.array(a) - np.array(b)).max()) for a, b in zip(got, want, strict=True))
         rows.append(
             [
                 name,
@@ -77,10 +119,35 @@ def throughput(model: str, requests: Sequence[Request], precisions: Sequence[str
                 f"{seconds[base_name] / seconds[name]:.2f}x",
                 f"{seconds[name] / docs * 100_000 / 1000:.2f}",
                 f"{diff:.1e}",
+                f"{top_agreement(got, want, 10):.2f}",
             ]
         )
-    header = ["contender", "docs/s", "vs baseline", "s per top-100", "max |score diff|"]
-    return table(header, rows), seconds[base_name] / docs * 100
+    header = ["contender", "docs/s", "vs baseline", "s per top-100", "max |score diff|", "top-10 agreement"]
+    note = f"device {dev}, batches of {tokens} padded tokens"
+    return note + "\n" + table(header, rows), seconds[base_name] / docs * 100
+
+
+def top_agreement(got: Sequence[Sequence[float]], want: Sequence[Sequence[float]], k: int) -> float:
+    """Mean share of each request's top ``k`` by ``want`` that ``got`` also puts in its top ``k``."""
+
+    def top(scores: Sequence[float]) -> set[int]:
+        return set(sorted(range(len(scores)), key=lambda i: -scores[i])[:k])
+
+    shares = [len(top(a) & top(b)) / min(k, len(b)) for a, b in zip(got, want, strict=True) if b]
+    return sum(shares) / len(shares) if shares else 1.0
+
+
+def cpu_line() -> str:
+    """This CPU's table features and what ``precision: auto`` runs on it with the installed backends."""
+    from sidecar.rerank.scorers import cpu
+    from sidecar.rerank.scorers.models import installed_backends
+
+    features, installed = cpu.cpu_features(), installed_backends()
+    chosen = cpu.pick(features, installed)
+    return (
+        f"CPU features {', '.join(sorted(features)) or 'none of ' + ', '.join(sorted(cpu.FEATURES))}; "
+        f"backends installed: {', '.join(sorted(installed))}; precision auto runs {chosen.name}"
+    )
 
 
 def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: float) -> str:
@@ -93,7 +160,8 @@ def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: f
 
     from sidecar.rerank.scorers.models import load_model
 
-    loaded = load_model("floor", ModelSpec(path=model), device="cpu", precision="fp32", max_length=None, token_cache=0)
+    spec = ModelSpec(path=model)
+    loaded = load_model("floor", spec, device="cpu", precision="fp32", backend="torch", max_length=None, token_cache=0)
     cfg = loaded.model.config
     linear = sum(m.in_features * m.out_features for m in loaded.model.modules() if isinstance(m, torch.nn.Linear))
     flops = 0.0
@@ -117,20 +185,22 @@ def compute_floor(model: str, requests: Sequence[Request], baseline_s_per_100: f
     )
 
 
-def _ours(model: Any, query: str, texts: list[str]) -> Sequence[float]:
-    scores: list[float] = model.score(query, texts, 2048)
+def _ours(model: Any, batch_tokens: int, query: str, texts: list[str]) -> Sequence[float]:
+    scores: list[float] = model.score(query, texts, batch_tokens)
     return scores
 
 
-def latency(model: str, requests: Sequence[Request], levels: Sequence[int], waits_ms: Sequence[int]) -> str:
+def latency(
+    model: str, requests: Sequence[Request], levels: Sequence[int], waits_ms: Sequence[int], device: str = "auto"
+) -> str:
     """Per-request latency of top-100 reranks through the LocalScorer (queue, batches, cache) at each concurrency."""
     rows = []
     for wait in waits_ms:
         for clients in levels:
-            settings = Settings(model=model, max_wait_ms=wait, score_cache_entries=0)
+            settings = Settings(model=model, max_wait_ms=wait, score_cache_entries=0, device=device)
             took = asyncio.run(_concurrent(settings, requests, clients, repeat=False))
             rows.append([f"{clients}", f"{wait} ms", f"{percentile(took, 50):.0f}", f"{percentile(took, 99):.0f}"])
-    settings = Settings(model=model, max_wait_ms=0)
+    settings = Settings(model=model, max_wait_ms=0, device=device)
     took = asyncio.run(_concurrent(settings, requests[:8], 1, repeat=True))
     rows.append(["1 (cache hit)", "-", f"{percentile(took, 50):.1f}", f"{percentile(took, 99):.1f}"])
     return table(["concurrent requests", "max_wait_ms", "p50 ms", "p99 ms"], rows)
