@@ -61,7 +61,7 @@ def scroll(client: EngineClient, index: str, fields: tuple[str, ...], batch: int
 
 
 def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, model: str | None, batch: int) -> Warmed:
-    from sidecar.rerank.scorers.models import load_model
+    from sidecar.rerank.scorers.models import load_configured
 
     if settings.embedding_store is None:
         raise WarmError("warm fills the embedding store: set embedding_store (--embedding-store PATH)")
@@ -70,17 +70,7 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
     specs = {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
     if name not in specs:
         raise WarmError(f"unknown model [{name}]; configured: {', '.join(sorted(specs))}")
-    loaded = load_model(
-        name,
-        specs[name],
-        device=settings.device,
-        precision=settings.precision,
-        max_length=settings.max_length,
-        token_cache=0,
-        max_chunks=settings.max_chunks_per_doc,
-        backend=settings.backend,
-        export_dir=settings.export_dir,
-    )
+    loaded = load_configured(name, specs[name], settings, token_cache=0)
     if loaded.kind != "bi-encoder":
         raise WarmError(f"model [{name}] is a {loaded.kind}: only bi-encoder embeddings can be kept")
     store = SqliteStore(settings.embedding_store, settings.embedding_store_mb * 1024 * 1024)

@@ -61,24 +61,14 @@ class _LocalModel:
         self._max_tokens = 512.0
 
     async def start(self) -> None:
-        from sidecar.rerank.scorers.models import device_batch_tokens, load_model
+        from sidecar.rerank.scorers.models import device_batch_tokens, load_configured
 
         loop = asyncio.get_running_loop()
         s = self._settings
         try:
             model = await loop.run_in_executor(
                 self._executor,
-                lambda: load_model(
-                    self.name,
-                    self.spec,
-                    device=s.device,
-                    precision=s.precision,
-                    max_length=s.max_length,
-                    token_cache=s.token_cache_entries,
-                    max_chunks=s.max_chunks_per_doc,
-                    backend=s.backend,
-                    export_dir=s.export_dir,
-                ),
+                lambda: load_configured(self.name, self.spec, s),
             )
             await loop.run_in_executor(self._executor, model.score, "warm up", ["the model is warming up"], 512)
         except ModelLoadError as e:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from sidecar.config import ModelSpec
+from sidecar.config import ModelSpec, Settings
 from sidecar.errors import ModelLoadError
 from sidecar.rerank.cache import text_key
 from sidecar.rerank.scorers import cpu
@@ -279,6 +279,22 @@ def _split(flat: list[float], sizes: Sequence[int]) -> list[list[float]]:
         out.append(flat[at : at + n])
         at += n
     return out
+
+
+def load_configured(name: str, spec: ModelSpec, settings: Settings, *, token_cache: int | None = None) -> LoadedModel:
+    """``load_model`` with the device, precision, backend and token limits of the settings (serve and warm alike:
+    warm's embeddings must be the ones serve computes)."""
+    return load_model(
+        name,
+        spec,
+        device=settings.device,
+        precision=settings.precision,
+        max_length=settings.max_length,
+        token_cache=settings.token_cache_entries if token_cache is None else token_cache,
+        max_chunks=settings.max_chunks_per_doc,
+        backend=settings.backend,
+        export_dir=settings.export_dir,
+    )
 
 
 def load_model(
