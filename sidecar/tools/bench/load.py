@@ -4,7 +4,8 @@ embedded engine holding its corpus, closed loop at several client counts, for se
 For each configuration and client count it reports throughput, the latency added over the engine alone (the
 same queries at the same concurrency, measured in the same run just before), the mean fraction of the window
 the model reranked, fallbacks, and nDCG@10 of the replies actually served: a budget's quality cost shows.
-The score cache is off, or every row after the first would be a cache hit.
+The score cache is off, and so is the memory of embeddings except for the store setups, or every row after the
+first would be served from what the first one computed.
 """
 
 from __future__ import annotations
@@ -129,7 +130,10 @@ def _sidecar(engine: str, folder: Path, index: str, setup: Setup, model: str, pr
 
     rule = {"index": index, "fields": ["title", "text"], "window_size": 100, **setup.rule}
     config = folder / f"bench-load-{setup.name}.yaml"
-    settings = {"rules": [rule], "score_cache_entries": 0, "rerank_timeout_ms": 120_000, **setup.settings}
+    # No score cache, and no embeddings kept in memory unless the setup is about a store: else every row after
+    # the first client count would be served from what the first one computed.
+    caches = {"score_cache_entries": 0, "embedding_cache_mb": 512 if setup.warm else 0}
+    settings = {"rules": [rule], "rerank_timeout_ms": 120_000, **caches, **setup.settings}
     config.write_text(yaml.safe_dump(settings))
     if setup.warm:
         _warm(engine, index, config, model, precision)
