@@ -1,4 +1,11 @@
-"""`bench proxy`: the same small `_search` mix against the engine directly and through the sidecar, one run."""
+"""`bench proxy`: the same small `_search` mix against the engine directly, through a bare aiohttp forwarder and
+through the sidecar, one run.
+
+The bare forwarder (``bare_forwarder.py``) is the floor: what forwarding alone costs a Python process on this
+machine, so that the sidecar's CPU per request reads as a ratio that holds between machines. The searches name
+an index that no rule covers and carry no rerank syntax: they take the sidecar's search interception path
+(read, scan, pass through), which each reply's X-Rerank header confirms.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,16 @@ import itertools
 import json
 import os
 import random
+import statistics
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
 
+from sidecar.tools.bench.bare_forwarder import bare_forwarder_process
 from sidecar.tools.bench.stats import percentile, table
 from sidecar.tools.corpus import stdlib_docstrings
 from sidecar.tools.engine_client import EngineClient
@@ -31,6 +41,8 @@ class Run:
     seconds: float
     latencies_ms: list[float]
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds each process spent on the run
+    rerank: dict[str, int] = field(default_factory=dict)  # replies by X-Rerank header value ("-": none)
+    baselines: tuple[Run, ...] = ()  # measured with this run: the bare forwarder's, after a direct run
 
     @property
     def rps(self) -> float:
@@ -51,7 +63,25 @@ def cpu_seconds(pid: int | None) -> float:
 async def measured(
     url: str, bodies: list[bytes], clients: int, total: int, target: str, pids: Mapping[str, int | None]
 ) -> Run:
-    """``drive`` plus the CPU time each process (engine, sidecar, this load generator as None) spent on it."""
+    """``drive`` plus the CPU time each process (engine, sidecar, this load generator as None) spent on it.
+
+    A direct run is followed by the bare forwarder's, in front of the same engine and measured the same way
+    (its own process, started for the round and warmed up like the others); it comes back in ``baselines``.
+    So every round measures direct, bare and sidecar one after the other, and the sidecar's CPU is compared
+    with a floor measured minutes, not runs, apart.
+    """
+    run = await _measured(url, bodies, clients, total, target, pids)
+    if target != "direct":
+        return run
+    with bare_forwarder_process(url) as (proc, bare_url):
+        await drive(bare_url, bodies, clients, min(total, 300), "bare")  # warm-up, not counted
+        bare = await _measured(bare_url, bodies, clients, total, "bare", {**pids, "bare": proc.pid})
+    return replace(run, baselines=(bare,))
+
+
+async def _measured(
+    url: str, bodies: list[bytes], clients: int, total: int, target: str, pids: Mapping[str, int | None]
+) -> Run:
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     run = await drive(url, bodies, clients, total, target)
     return replace(run, cpu_s={name: cpu_seconds(pid) - before[name] for name, pid in pids.items()})
@@ -80,6 +110,7 @@ async def drive(url: str, bodies: list[bytes], clients: int, total: int, target:
     """``clients`` concurrent keep-alive clients send ``total`` searches between them."""
     latencies: list[float] = []
     errors = 0
+    rerank: Counter[str] = Counter()
     counter = itertools.count()
     headers = {"Content-Type": "application/json"}
     search_url = f"{url}/{INDEX}/_search"
@@ -92,19 +123,23 @@ async def drive(url: str, bodies: list[bytes], clients: int, total: int, target:
                 async with session.post(search_url, data=bodies[i % len(bodies)], headers=headers) as r:
                     await r.read()
                     errors += r.status != 200
+                    rerank[r.headers.get("X-Rerank", "-")] += 1
                 latencies.append((time.perf_counter() - start) * 1000)
 
         start = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         seconds = time.perf_counter() - start
-    return Run(target, clients, total, errors, seconds, latencies)
+    return Run(target, clients, total, errors, seconds, latencies, rerank=dict(rerank))
 
 
 def report(runs: list[Run]) -> str:
+    runs = [x for r in runs for x in (r, *r.baselines)]
     rows = []
     for clients in sorted({r.clients for r in runs}):
         direct = _merge([r for r in runs if r.clients == clients and r.target == "direct"])
         proxied = _merge([r for r in runs if r.clients == clients and r.target == "sidecar"])
+        bare = [r for r in runs if r.clients == clients and r.target == "bare"]
+        floor = [f"{_merge(bare).rps:.0f}", f"{_merge(bare).p(50):.2f} / {_merge(bare).p(99):.2f}"] if bare else []
         rows.append(
             [
                 clients,
@@ -114,16 +149,20 @@ def report(runs: list[Run]) -> str:
                 f"{direct.p(50):.2f} / {direct.p(99):.2f}",
                 f"{proxied.p(50):.2f} / {proxied.p(99):.2f}",
                 f"{proxied.p(50) - direct.p(50):+.2f}",
-                direct.errors + proxied.errors,
+                *floor,
+                direct.errors + proxied.errors + sum(r.errors for r in bare),
             ]
         )
     header = ["clients", "direct req/s", "sidecar req/s", "ratio", "direct p50/p99 ms", "sidecar p50/p99 ms"]
-    return table([*header, "added p50 ms", "errors"], rows) + "\n\n" + cpu_report(runs)
+    header += ["added p50 ms", *(["bare req/s", "bare p50/p99 ms"] if any(r.target == "bare" for r in runs) else [])]
+    parts = [table([*header, "errors"], rows), cpu_report(runs), proxy_cpu_report(runs), rerank_report(runs)]
+    return "\n\n".join(p for p in parts if p)
 
 
 def cpu_report(runs: list[Run]) -> str:
     """CPU ms per request of each process. With every core busy, throughput is cores / CPU per request, so the
     ratio of the totals (direct / through the sidecar) is the best ratio this machine allows."""
+    runs = [r for r in runs if r.target in ("direct", "sidecar")]
     names = sorted({n for r in runs for n in r.cpu_s})
     if not names:
         return ""
@@ -138,6 +177,49 @@ def cpu_report(runs: list[Run]) -> str:
         bound = sum(per["direct"].values()) / sum(per["sidecar"].values())
         rows.append([clients, *cells, f"{bound:.2f}x"])
     return table(["clients", *(f"{n} CPU ms/req direct / via" for n in names), "CPU-bound ratio"], rows)
+
+
+def proxy_cpu_report(runs: list[Run]) -> str:
+    """The proxy's own CPU ms per request, the sidecar's against the bare forwarder's: the ratio of the totals,
+    and the spread of the ratios of single rounds (in each, bare and sidecar run back to back). The engine's CPU
+    per request through each shows that both proxies asked it for the same work. /proc counts CPU in ticks of
+    10 ms: runs of a few thousand requests read it to a few percent."""
+    rows = []
+    for clients in sorted({r.clients for r in runs}):
+        sidecar = [r for r in runs if r.clients == clients and r.target == "sidecar"]
+        bare = [r for r in runs if r.clients == clients and r.target == "bare"]
+        if not sidecar or not bare:
+            continue
+        ours, floor = _cpu_ms(sidecar, "sidecar"), _cpu_ms(bare, "bare")
+        rounds = [_ratio(_cpu_ms([s], "sidecar"), _cpu_ms([b], "bare")) for s, b in zip(sidecar, bare, strict=False)]
+        known = [x for x in rounds if x is not None]
+        spread = f"{min(known):.2f} / {statistics.median(known):.2f} / {max(known):.2f}" if known else "-"
+        engine = "-"
+        if "engine" in bare[0].cpu_s:
+            engine = f"{_cpu_ms(sidecar, 'engine'):.2f} / {_cpu_ms(bare, 'engine'):.2f}"
+        ratio = _ratio(ours, floor)
+        rows.append([clients, f"{ours:.3f}", f"{floor:.3f}", "-" if ratio is None else f"{ratio:.2f}x", spread, engine])
+    if not rows:
+        return ""
+    header = ["clients", "sidecar CPU ms/req", "bare forwarder CPU ms/req", "sidecar / bare"]
+    return table([*header, "per round min / median / max", "engine CPU ms/req via sidecar / via bare"], rows)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def rerank_report(runs: list[Run]) -> str:
+    """What the sidecar did with the searches, by its replies' X-Rerank header."""
+    seen: Counter[str] = Counter()
+    for r in runs:
+        if r.target == "sidecar":
+            seen.update(r.rerank)
+    return "sidecar replies by X-Rerank: " + ", ".join(f"{k} x{n}" for k, n in seen.most_common()) if seen else ""
+
+
+def _cpu_ms(runs: list[Run], name: str) -> float:
+    return sum(r.cpu_s.get(name, 0.0) for r in runs) * 1000 / sum(r.requests for r in runs)
 
 
 def _merge(runs: list[Run]) -> Run:
