@@ -24,6 +24,10 @@ Body = bytes | aiohttp.StreamReader | None
 # Builds the session when the app starts (inside the running loop); the seam for tests, like httpx's transport.
 SessionFactory = Callable[[], aiohttp.ClientSession]
 
+# Headers aiohttp adds to a request that lacks them; we send only what the client sent. Skipped per request,
+# and only those missing: a session-wide skip list costs every request a sorted copy of its headers.
+_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
 # POST endpoints that only read: safe to replay when the connection could not be made.
 _READ_ENDPOINTS = frozenset({"_search", "_msearch", "_count", "_mget", "_field_caps", "_validate", "_explain"})
 # A path that names any of these is never replayed, whatever else it names (a document id may be "_search").
@@ -64,7 +68,6 @@ def default_session(settings: Settings, *, connector: aiohttp.BaseConnector | No
         ),
         auto_decompress=False,  # compressed bodies pass as they are
         cookie_jar=aiohttp.DummyCookieJar(),  # never keep one client's cookies for another
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         raise_for_status=False,
     )
     # aiohttp resends GET/PUT/DELETE... once by itself when a kept-alive connection drops before the reply: an
@@ -106,11 +109,11 @@ class Upstream:
             path_qs = "/" + path_qs
         return URL(str(self.origin) + path_qs, encoded=True)
 
-    @asynccontextmanager
-    async def request(
+    async def send(
         self, method: str, path_qs: str, headers: CIMultiDict[str], body: Body, *, retry: bool
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Open a response; translate connection errors to 502 and timeouts to 504.
+    ) -> aiohttp.ClientResponse:
+        """Open a response, which the caller releases (``request`` does); translate connection errors to 502 and
+        timeouts to 504.
 
         With ``retry`` (idempotent requests with a replayable body), connection failures are retried with
         jittered backoff until ``retry_deadline_s``; nothing else is ever retried.
@@ -118,9 +121,15 @@ class Upstream:
         assert self._session is not None, "Upstream.start() was not awaited"
         url = self.url(path_qs)
         if retry:
-            resp = await self._send_retrying(self._session, method, url, headers, body)
-        else:
-            resp = await _send(self._session, method, url, headers, body, self._session.timeout)
+            return await self._send_retrying(self._session, method, url, headers, body)
+        return await _send(self._session, method, url, headers, body, self._session.timeout)
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, path_qs: str, headers: CIMultiDict[str], body: Body, *, retry: bool
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """``send`` as a context manager that releases the response."""
+        resp = await self.send(method, path_qs, headers, body, retry=retry)
         try:
             yield resp
         finally:
@@ -132,18 +141,21 @@ class Upstream:
         """The deadline counts from the first attempt. No retry starts after it (tenacity's stop_after_delay would
         start one after sleeping past it), and a retry's connect is cut at it, so that a connect that hangs cannot
         run a whole ``connect_timeout_s`` past the deadline. The first attempt has the session's own timeouts."""
-        deadline_s = self._settings.retry_deadline_s
-        deadline = time.monotonic() + deadline_s
+        deadline = time.monotonic() + self._settings.retry_deadline_s
+        try:  # the first attempt outside tenacity: its objects are reference cycles, left for the GC on every read
+            return await _send(session, method, url, headers, body, session.timeout)
+        except UpstreamUnavailable as e:
+            first = e
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(UpstreamUnavailable),
-            stop=stop_before_delay(deadline_s),
+            stop=stop_before_delay(deadline - time.monotonic()),
             wait=wait_random_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         ):
             with attempt:
-                timeout = session.timeout
-                if attempt.retry_state.attempt_number > 1:
-                    timeout = _connect_within(timeout, deadline - time.monotonic())
+                if attempt.retry_state.attempt_number == 1:
+                    raise first  # tenacity's attempt 1 is the one made above: it decides whether, and when, to retry
+                timeout = _connect_within(session.timeout, deadline - time.monotonic())
                 return await _send(session, method, url, headers, body, timeout)
         raise AssertionError("unreachable: tenacity re-raises the last attempt's error")
 
@@ -163,7 +175,9 @@ class Upstream:
         headers = CIMultiDict({"Host": self.host_header, "Content-Type": "application/json"})
         t = aiohttp.ClientTimeout(total=timeout or self._settings.upstream_timeout_s)
         try:
-            async with self._session.request(method, self.url(path_qs), json=body, headers=headers, timeout=t) as resp:
+            async with self._session.request(
+                method, self.url(path_qs), json=body, headers=headers, timeout=t, skip_auto_headers=_AUTO_HEADERS
+            ) as resp:
                 return resp.status, await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:  # ValueError: the reply is not JSON
             raise UpstreamUnavailable(f"upstream {self.origin} did not answer: {type(e).__name__}") from e
@@ -189,6 +203,7 @@ async def _send(
             url,
             headers=headers,
             data=body,
+            skip_auto_headers=[h for h in _AUTO_HEADERS if h not in headers] or None,
             allow_redirects=False,
             compress=None,
             chunked=None,
