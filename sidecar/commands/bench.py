@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
     proxy.add_argument("--engine", help="engine URL (default: start the embedded osmem engine)")
     proxy.add_argument("--clients", default="1,16,64", help="comma-separated concurrency levels")
     proxy.add_argument("--requests", type=int, default=3000, help="requests per target, level and round")
-    proxy.add_argument("--rounds", type=int, default=2, help="alternating direct/sidecar rounds per level")
+    proxy.add_argument("--rounds", type=int, default=2, help="rounds per level of direct, bare forwarder, sidecar")
     proxy.add_argument("--model", help="model the sidecar loads (default: the packaged all-MiniLM-L6-v2)")
     proxy.set_defaults(run=run_proxy)
 
