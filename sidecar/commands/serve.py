@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 from typing import Any
 
@@ -13,6 +12,7 @@ from sidecar import logs
 from sidecar.app import SERVER_ARGS, create_app
 from sidecar.commands.settings_args import add_settings_flags, settings_from_args
 from sidecar.config import Settings
+from sidecar.eventloop import new_event_loop
 from sidecar.tls import listener_context
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(app: web.Application, settings: Settings) -> None:
     web.run_app(
         app,
-        loop=_event_loop(),
+        loop=new_event_loop(),
         ssl_context=listener_context(settings),
         host=settings.listen_host,
         port=settings.listen_port,
@@ -45,13 +45,3 @@ def _run(app: web.Application, settings: Settings) -> None:
         print=None,
         **SERVER_ARGS,
     )
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (Linux, macOS): the proxy spends most of its time in the loop's transports."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop

@@ -28,8 +28,18 @@ def serve_process(
     upstream: str, *flags: str, env: dict[str, str] | None = None, ready_path: str | None = "/_sidecar/health"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`python -m sidecar serve` on a free loopback port; stopped with SIGTERM (then killed) on exit."""
+    with server_process(["sidecar", "serve", "--upstream", upstream, *flags], env=env, ready_path=ready_path) as out:
+        yield out
+
+
+@contextmanager
+def server_process(
+    module_args: list[str], *, env: dict[str, str] | None = None, ready_path: str | None = "/"
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python -m MODULE ARGS --listen 127.0.0.1:PORT`` on a free port, ready (``ready_path`` answers 200, or
+    with None the port listens); stopped with SIGTERM (then killed) on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "sidecar", "serve", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", *flags]
+    cmd = [sys.executable, "-m", *module_args, "--listen", f"127.0.0.1:{port}"]
     # Its log goes to a file: a pipe that nobody drains would block the server once it fills.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)

@@ -10,11 +10,7 @@ Run as its own process, on uvloop like `serve`::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -23,7 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.tools.launch import free_port, wait_http
+from sidecar.eventloop import new_event_loop
+from sidecar.tools.launch import server_process
 
 _MODULE = "sidecar.tools.bench.bare_forwarder"
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -59,22 +56,8 @@ def create_app(upstream: str) -> web.Application:
 @contextmanager
 def bare_forwarder_process(upstream: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """This module as a child process on a free loopback port, ready (it forwards ``GET /``); stopped on exit."""
-    port = free_port()
-    cmd = [sys.executable, "-m", _MODULE, "--upstream", upstream, "--listen", f"127.0.0.1:{port}"]
-    with tempfile.TemporaryFile() as log:  # a pipe that nobody drains would block the server once it fills
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(url + "/", proc, log)
-            yield proc, url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with server_process([_MODULE, "--upstream", upstream]) as out:
+        yield out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     web.run_app(
         create_app(args.upstream),
-        loop=_event_loop(),
+        loop=new_event_loop(),
         host=host,
         port=int(port),
         access_log=None,
@@ -93,16 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         auto_decompress=False,
     )
     return 0
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop, as `serve` runs on, where it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 if __name__ == "__main__":
