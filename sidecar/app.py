@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -17,9 +16,6 @@ from sidecar.metrics import Metrics
 from sidecar.rerank.pipeline import RerankPipeline
 from sidecar.rerank.scorers.base import Scorer
 from sidecar.upstream import Upstream
-
-# The server must not decompress request bodies: a gzip body passes to the engine as the client sent it.
-SERVER_ARGS: dict[str, Any] = {"auto_decompress": False, "max_field_size": 65536}
 
 
 def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Application:
@@ -44,6 +40,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
             yield
         finally:
             await app[PIPELINE].close()
+            await app[FORWARDER].close()
             await app[UPSTREAM].close()
 
     app.cleanup_ctx.append(lifecycle)

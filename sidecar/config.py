@@ -121,6 +121,27 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(60.0, gt=0, description="max wait for upstream bytes (first byte and between)")
     retry_deadline_s: float = Field(10.0, ge=0, description="total time idempotent reads may spend retrying")
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's line and headers must arrive within this many seconds (of the connection opening, "
+        "or of the request's first byte on a kept-alive one); past it the connection is closed without a reply",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest pause in a request body's bytes (while the sidecar is reading it); past it the "
+        "connection is closed and the request abandoned (a pass-through upstream sees its body cut short)",
+    )
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="an idle kept-alive client connection is closed after this many seconds"
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="most open client connections; one over it is closed as soon as it is accepted, unserved, "
+        "while the open ones are served as before",
+    )
     max_search_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest intercepted search body")
     max_msearch_items: int = Field(1000, ge=1, description="largest _msearch the sidecar intercepts (items)")
     max_query_chars: int = Field(10_000, ge=1, description="longest query text sent to a model")
@@ -165,6 +186,13 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests' pairs")
     queue_pairs: int = Field(20000, ge=1, description="max pairs waiting for the model")
+    max_search_pairs: int = Field(
+        2000,
+        ge=1,
+        description="most pairs one search (one _msearch item) puts on the model's queue: a window's texts past "
+        "it (or past what the model can score in about half of rerank_timeout_ms, or in the search's budget) are "
+        "not scored and follow in the engine's order, as a budget's tail does",
+    )
     rerank_timeout_ms: float = Field(
         10_000, gt=0, description="model deadline per search; past it the engine's order is returned (fallback)"
     )

@@ -44,6 +44,17 @@ class Metrics:
             registry=r,
         )
         self.queue_pairs = Gauge("sidecar_queue_pairs", "Pairs waiting for the model", registry=r)
+        self.dropped_pairs = Counter(
+            "sidecar_rerank_dropped_pairs",
+            "Pairs taken off the model's queue unscored because their search was abandoned (the client went away)",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "sidecar_connections_closed",
+            "Client connections the server closed at a limit: header_timeout, body_timeout, max_connections",
+            ["reason"],
+            registry=r,
+        )
         self.cache = Counter("sidecar_score_cache", "Score cache lookups", ["result"], registry=r)
         self.embeddings = Counter(
             "sidecar_embeddings",

@@ -10,8 +10,9 @@ from typing import Any
 import urllib3
 from aiohttp import web
 
-from sidecar.app import SERVER_ARGS, create_app
+from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.http.server import build_runner
 from sidecar.rerank.scorers.base import Scorer
 from sidecar.tools.launch import free_port
 
@@ -35,7 +36,7 @@ class SidecarThread:
 
     async def _start(self) -> None:
         self.app = create_app(self.settings, scorer=self.scorer)
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5, **SERVER_ARGS)
+        self._runner = build_runner(self.app, self.settings, shutdown_timeout=5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

@@ -6,13 +6,11 @@ import argparse
 import logging
 from typing import Any
 
-from aiohttp import web
-
 from sidecar import logs
-from sidecar.app import SERVER_ARGS, create_app
+from sidecar.app import create_app
 from sidecar.commands.settings_args import add_settings_flags, settings_from_args
-from sidecar.config import Settings
 from sidecar.eventloop import new_event_loop
+from sidecar.http.server import serve_forever
 from sidecar.tls import listener_context
 
 log = logging.getLogger(__name__)
@@ -29,19 +27,6 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     log.info("rerank-sidecar on http://%s -> %s", settings.listen, settings.upstream)
-    _run(app, settings)  # a model that fails to load raises ModelLoadError: the CLI reports it, once
+    # A model that fails to load raises ModelLoadError: the CLI reports it, once.
+    serve_forever(app, settings, loop=new_event_loop(), ssl_context=listener_context(settings))
     return 0
-
-
-def _run(app: web.Application, settings: Settings) -> None:
-    web.run_app(
-        app,
-        loop=new_event_loop(),
-        ssl_context=listener_context(settings),
-        host=settings.listen_host,
-        port=settings.listen_port,
-        shutdown_timeout=settings.shutdown_grace_s,
-        access_log=None,
-        print=None,
-        **SERVER_ARGS,
-    )

@@ -11,12 +11,21 @@ from sidecar.http.keys import METRICS, PIPELINE, SETTINGS, UPSTREAM
 
 
 def _check_token(request: web.Request) -> None:
+    """The one Authorization header must be ``Bearer <admin_token>``. Compared as the bytes the client sent (aiohttp's
+    decoded str of a non-ASCII header is not one we could encode back), in constant time."""
     token = request.app[SETTINGS].admin_token
     if token is None:
         return
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+    given = [value for name, value in request.raw_headers if name.lower() == b"authorization"]
+    credentials = _bearer(given[0]) if len(given) == 1 else None
+    if credentials is None or not hmac.compare_digest(credentials, token.get_secret_value().encode()):
         raise Unauthorized("this /_sidecar endpoint needs the admin token (Authorization: Bearer ...)")
+
+
+def _bearer(value: bytes) -> bytes | None:
+    """The credentials of a ``Bearer`` header value (the scheme is case-insensitive), or None for another scheme."""
+    scheme, _, credentials = value.strip(b" \t").partition(b" ")
+    return credentials.strip(b" \t") if scheme.lower() == b"bearer" else None
 
 
 async def health(request: web.Request) -> web.Response:

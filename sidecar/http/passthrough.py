@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -25,6 +28,7 @@ class Forwarder:
     def __init__(self, settings: Settings, upstream: Upstream) -> None:
         self._settings = settings
         self._upstream = upstream
+        self._writes: set[asyncio.Task[web.StreamResponse]] = set()  # under way, run to their end
 
     def upstream_headers(self, request: web.Request) -> CIMultiDict[str]:
         return upstream_request_headers(
@@ -53,7 +57,39 @@ class Forwarder:
 
         The body is the request's own, streamed; or ``body`` when the caller already read it, and replaced it
         with its own bytes (``rewritten``: uncompressed JSON of a new length).
+
+        A write (anything not safe to replay) runs to its end even if its client goes away: aiohttp then cancels
+        the handler, and a read is dropped with it, but the engine gets a write whole or not at all from us.
         """
+        exchange = self._exchange(request, body, rewritten=rewritten, extra_headers=extra_headers)
+        if is_retryable(request.method, request.path):
+            return await exchange
+        return await self._to_the_end(exchange)
+
+    async def close(self) -> None:
+        """Give writes whose clients went away the shutdown grace to finish."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=self._settings.shutdown_grace_s)
+
+    async def _to_the_end(self, exchange: Coroutine[Any, Any, web.StreamResponse]) -> web.StreamResponse:
+        task = asyncio.ensure_future(exchange)
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+        return await asyncio.shield(task)  # cancelled: the handler's await ends, the task goes on
+
+    def _written(self, task: asyncio.Task[web.StreamResponse]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved here too: its client may be gone
+            log.debug("write ended with %s", type(task.exception()).__name__)
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        body: bytes | None,
+        *,
+        rewritten: bool,
+        extra_headers: dict[str, str] | None,
+    ) -> web.StreamResponse:
         send: Body
         if body is not None:
             send, retry = body, is_retryable(request.method, request.path)
@@ -77,6 +113,8 @@ class Forwarder:
                 async for chunk in resp.content.iter_chunked(_CHUNK):
                     await out.write(chunk)
             except (TimeoutError, aiohttp.ClientError) as e:
+                if request.transport is None or request.transport.is_closing():
+                    return out  # the client went away (a write that ran to its end without it)
                 # The status is already sent: never turn a half-received reply into a different one.
                 # Cutting the connection makes the client see a truncated body, as it would from the engine.
                 log.warning("upstream broke off mid-reply on %s %s: %s", request.method, request.path, type(e).__name__)

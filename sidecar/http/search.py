@@ -22,8 +22,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if route is None:
         return await forwarder.forward(request)
     request[ROUTE] = route.kind
-    raw = await _read(request)
-    text = decode(raw, request.headers.get("Content-Encoding"))
+    raw, text = await _read(request)
     if text is None:
         return await _pass(request, raw, PassThrough(None, _UNPARSED))
     opt_out = request.headers.get("X-Rerank", "").strip().lower() == "off"
@@ -54,11 +53,19 @@ _NO_RULE = Outcome.skipped("no_rule")
 _OPTED_OUT = Outcome.skipped("disabled_by_header")
 
 
-async def _read(request: web.Request) -> bytes:
+async def _read(request: web.Request) -> tuple[bytes, bytes | None]:
+    """The body as sent and decoded (None: an encoding we do not read). ``max_search_body_bytes`` bounds both: the
+    bytes read, and the bytes a compressed body inflates to (checked as it inflates, whatever its ratio)."""
     limit = request.app[SETTINGS].max_search_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"search body of {request.content_length} bytes is over the limit of {limit}")
-    return await request.read()
+    raw = bytearray()
+    async for chunk in request.content.iter_any():  # a chunked body has no length to check up front
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"search body is over the limit of {limit} bytes")
+    body = bytes(raw)
+    return body, decode(body, request.headers.get("Content-Encoding"), limit=limit)
 
 
 async def _pass(request: web.Request, raw: bytes, result: PassThrough) -> web.StreamResponse:

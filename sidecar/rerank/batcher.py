@@ -6,6 +6,14 @@ Scheduling, once for every kind of work:
   ``tier`` puts whole classes behind others (0: searches; 1: shadow work that may wait for idle time).
 - **Progressive, head first.** A pass takes the next texts of each job in that order; a job's texts are the
   engine's candidates in the engine's order, so whatever is scored when its budget runs out is a prefix.
+- **Fair.** Jobs without a budget share a pass round by round: each round gives each of them its next text, until
+  the pass is full; so a small search behind a big one is served in the next pass, and a big search's size costs
+  that search (more passes), not its neighbours. Budgeted jobs keep earliest deadline first: each is answered at
+  its deadline with whatever head it got, and sharing would shorten every head.
+- **One search's share is bounded.** A job queues at most ``max_search_pairs`` texts, and no more than the
+  model can score, by the cost model, in half the order horizon (``rerank_timeout_ms``), or in its budget and
+  the grace; the rest is answered as a budget's tail is (a prefix of scores), so an oversized search is scored
+  as far as it fairly can be rather than timing out and counting against the model.
 - **Passes that end in time.** A live cost model (seconds per estimated token, an exponentially weighted
   average over recent passes) sizes each pass so that it ends before the earliest deadline in it, and within
   a quarter of the smallest recent budget, so that a budgeted search never waits long behind a big pass.
@@ -13,6 +21,9 @@ Scheduling, once for every kind of work:
   answered within 1.25 x its budget plus the time it spends outside the model.
 - **Bounded.** A full queue refuses at once (``Overloaded``); cancelled jobs are dropped before their texts
   reach a pass.
+- **Input errors are the job's.** ``Compute`` answers each job with its scores or a ``ScoringFailed`` of its
+  own (``BadInput``: its text could not be tokenized), which fails that job alone; only an exception raised by
+  the pass fails every job in it (the model's failure).
 """
 
 from __future__ import annotations
@@ -32,14 +43,15 @@ from sidecar.rerank.failures import Overloaded, ScoringFailed
 
 log = logging.getLogger(__name__)
 
-# Runs in the model's thread: one score list per (query, texts) chunk, in order.
-Compute = Callable[[Sequence[tuple[str, list[str]]]], list[list[float]]]
+# Runs in the model's thread: one score list per (query, texts) chunk, in order, or that chunk's own failure.
+Compute = Callable[[Sequence[tuple[str, list[str]]]], Sequence[list[float] | ScoringFailed]]
 # The estimated cost of scoring one (query, text) pair, in tokens: the unit the cost model's rate is in.
 Estimate = Callable[[str, str], float]
 
 _SMOOTHING = 0.3  # weight of the newest pass in the rate
 _RECENT_BUDGET_S = 30.0  # how long a budget keeps passes short after its search was seen
 _GRACE = 0.25  # a pass under way at a job's deadline may finish within this fraction of its budget
+_UNBUDGETED_SHARE = 0.5  # a job without a budget queues what the model alone scores in this much of the horizon
 
 
 def estimate_tokens(query: str, text: str) -> float:
@@ -77,6 +89,7 @@ class Batcher:
         *,
         queue_pairs: int,
         budget_pairs: int,
+        max_search_pairs: int | None = None,
         max_wait_s: float = 0.0,
         order_horizon_s: float = 10.0,
         estimate: Estimate = estimate_tokens,
@@ -86,6 +99,7 @@ class Batcher:
         self._executor = executor
         self._metrics = metrics
         self._queue_pairs = queue_pairs
+        self._max_search_pairs = max_search_pairs
         self.budget_pairs = budget_pairs
         self._max_wait_s = max_wait_s
         self._order_horizon_s = order_horizon_s
@@ -124,7 +138,12 @@ class Batcher:
     async def submit(
         self, query: str, texts: list[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
-        """Scores of ``texts``, or with ``budget_s`` of the longest prefix scored within it (possibly none)."""
+        """Scores of ``texts``, or with ``budget_s`` of the longest prefix scored within it (possibly none).
+
+        Only the head that one search may queue (``_share``) is scored: past it, a prefix, budget or not."""
+        texts, costs = self._share(query, texts, budget_s)
+        if not texts:
+            return []
         if self.waiting_pairs + len(texts) > self._queue_pairs:
             raise Overloaded(f"model [{self.name}] queue is full")
         loop = asyncio.get_running_loop()
@@ -134,7 +153,7 @@ class Batcher:
         job = _Job(
             query,
             texts,
-            [self._estimate(query, t) for t in texts],
+            costs,
             deadline=now + (budget_s if budget_s is not None else self._order_horizon_s),
             budgeted=budget_s is not None,
             tier=tier,
@@ -148,11 +167,32 @@ class Batcher:
                 await job.done.wait()
             else:
                 await self._until_deadline(job, budget_s)
+        except asyncio.CancelledError:  # its search was abandoned (the client went away): its waiting texts go
+            self._metrics.dropped_pairs.inc(job.waiting)
+            raise
         finally:
             self._forget(job)
         if job.error is not None:
             raise job.error
         return list(job.scores)
+
+    def _share(self, query: str, texts: list[str], budget_s: float | None) -> tuple[list[str], list[float]]:
+        """The head of ``texts`` one search may put on the queue, and its costs: at most ``max_search_pairs``,
+        and (once the cost model has measured) no more estimated tokens than the model alone scores in its budget
+        and the grace, or without one in half the order horizon; the first text always (as a pass's first pair,
+        trying it costs no other search anything)."""
+        head = texts if self._max_search_pairs is None else texts[: self._max_search_pairs]
+        seconds = self._order_horizon_s * _UNBUDGETED_SHARE if budget_s is None else budget_s * (1 + _GRACE)
+        room = math.inf if not self.rate else seconds / self.rate
+        costs: list[float] = []
+        total = 0.0
+        for text in head:
+            cost = self._estimate(query, text)
+            if costs and total + cost > room:
+                break
+            costs.append(cost)
+            total += cost
+        return head[: len(costs)], costs
 
     async def _until_deadline(self, job: _Job, budget_s: float) -> None:
         """Wait for the job until its deadline; a pass that holds its next texts then may finish within a
@@ -192,7 +232,6 @@ class Batcher:
             if not chunks:
                 await asyncio.sleep(0.001)  # only budgeted work whose time is up: its waiters answer it
                 continue
-            tokens = sum(sum(job.costs[start : start + len(texts)]) for job, start, texts in chunks)
             for job, _, _ in chunks:
                 job.in_flight = True
             started = time.perf_counter()
@@ -200,7 +239,9 @@ class Batcher:
                 results = await loop.run_in_executor(
                     self._executor, self._compute, [(job.query, texts) for job, _, texts in chunks]
                 )
-            except Exception as e:  # the model's own failure, translated where the model is touched
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # the model's own failure (a Rust panic too: pyo3's is a BaseException)
                 log.warning("model [%s] failed on a pass: %s", self.name, type(e).__name__)
                 for job, _, _ in chunks:
                     job.in_flight = False
@@ -208,43 +249,75 @@ class Batcher:
                     job.error.__cause__ = e
                     job.done.set()
                 continue
+            scored = [(c, r) for c, r in zip(chunks, results, strict=True) if not isinstance(r, ScoringFailed)]
+            tokens = sum(sum(job.costs[start : start + len(texts)]) for (job, start, texts), _ in scored)
             self.calibrate(time.perf_counter() - started, tokens)
             self._metrics.batch_pairs.observe(sum(len(texts) for _, _, texts in chunks))
             for (job, start, _), scores in zip(chunks, results, strict=True):
                 job.in_flight = False
+                if isinstance(scores, ScoringFailed):  # this job's own input: it alone fails
+                    log.info("model [%s] refused a search's input: %s", self.name, scores)
+                    job.error = job.error or scores
+                    self._stop_taking(job)
+                    job.done.set()
+                    continue
                 if len(job.scores) == start:  # a job answered or forgotten meanwhile keeps what it had
                     job.scores.extend(scores)
                 if len(job.scores) == len(job.texts) or (job.taken == len(job.texts) and job.budgeted):
                     job.done.set()
 
     def _next_pass(self, now: float) -> list[tuple[_Job, int, list[str]]]:
-        """The texts of the next pass: jobs in (tier, deadline) order, head first, while the pass's predicted
-        end stays before every deadline in it and within the time slice."""
+        """The texts of the next pass, jobs in (tier, deadline, arrival) order, head first, while the pass's
+        predicted end stays before every deadline in it and within the time slice. Budgeted jobs take what fits
+        in that order (earliest deadline first: each is answered at its deadline anyway); a run of jobs without a
+        budget is served in rounds, each round giving each of them its next text, so that a big one costs
+        itself more passes, not its neighbours their turn. A job whose next text does not fit sits out the
+        rest of the pass."""
         slice_end = math.inf
         if self._recent_budget is not None and now - self._recent_budget[1] <= _RECENT_BUDGET_S:
             slice_end = now + self._recent_budget[0] / 4
-        chunks: list[tuple[_Job, int, list[str]]] = []
+        order = sorted(
+            (j for j in self._jobs if j.waiting and not (j.budgeted and j.deadline <= now)),
+            key=lambda j: (j.tier, j.deadline, j.seq),
+        )
+        take: dict[_Job, int] = {}
         pairs, tokens, horizon = 0, 0.0, slice_end
-        for job in sorted((j for j in self._jobs if j.waiting), key=lambda j: (j.tier, j.deadline, j.seq)):
-            if job.budgeted and job.deadline <= now:
-                continue
+
+        def add(job: _Job) -> bool:
+            """Put the job's next text in the pass if it fits; whether it did."""
+            nonlocal pairs, tokens, horizon
+            n = take.get(job, 0)
+            at = job.taken + n
+            if n >= job.waiting or pairs >= self.budget_pairs:
+                return False
+            cost = job.costs[at]
+            ends = now + (self.rate or 0.0) * (tokens + cost)
             own = job.deadline if job.budgeted else math.inf
-            start, n = job.taken, 0
-            while n < job.waiting and pairs < self.budget_pairs:
-                cost = job.costs[start + n]
-                ends = now + (self.rate or 0.0) * (tokens + cost)
-                # Past the slice only for a pass's first pair (every pass makes progress), never past a deadline,
-                # except for a job's very first pair: trying it costs no latency (the deadline answers anyway).
-                limit = min(horizon, own) if pairs else own if start + n else math.inf
-                if ends > limit:
-                    break
-                n, pairs, tokens = n + 1, pairs + 1, tokens + cost
+            # Past the slice only for a pass's first pair (every pass makes progress), never past a deadline,
+            # except for a job's very first pair: trying it costs no latency (the deadline answers anyway).
+            limit = min(horizon, own) if pairs else own if at else math.inf
+            if ends > limit:
+                return False
+            take[job] = n + 1
+            pairs, tokens = pairs + 1, tokens + cost
+            return True
+
+        for (_, budgeted), run in itertools.groupby(order, key=lambda j: (j.tier, j.budgeted)):
+            if budgeted:
+                for job in run:
+                    while add(job):
+                        pass
+                    if job in take:
+                        horizon = min(horizon, job.deadline)
+                continue
+            turn = list(run)
+            while turn:  # rounds: a job stays in them while its next text fits
+                turn = [job for job in turn if add(job)]
+        chunks: list[tuple[_Job, int, list[str]]] = []
+        for job in order:
+            n = take.get(job, 0)
             if n:
-                chunks.append((job, start, job.texts[start : start + n]))
+                chunks.append((job, job.taken, job.texts[job.taken : job.taken + n]))
                 job.taken += n
                 self._metrics.queue_pairs.dec(n)
-                if job.budgeted:
-                    horizon = min(horizon, job.deadline)
-            if pairs >= self.budget_pairs:
-                break
         return chunks

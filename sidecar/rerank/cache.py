@@ -11,8 +11,9 @@ V = TypeVar("V")
 
 
 def text_key(text: str) -> bytes:
-    """A compact, collision-safe key for a document text."""
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+    """A compact, collision-safe key for a document text; any str has one (a lone surrogate from JSON's
+    "\\ud800" too), and a valid text's key is its UTF-8 hash as before."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class LRU(Generic[K, V]):

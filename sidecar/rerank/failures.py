@@ -28,3 +28,11 @@ class Overloaded(ScoringFailed):
 
     reason = "overloaded"
     counts_against_model = False
+
+
+class BadInput(ScoringFailed):
+    """The search's own text could not be made into model input (the tokenizer refused it): the request's
+    fault, not the model's. Only that search falls back; the searches it shared a pass with are scored."""
+
+    reason = "bad_input"
+    counts_against_model = False

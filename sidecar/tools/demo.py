@@ -10,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.app import SERVER_ARGS, create_app
+from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.http.server import build_runner
 from sidecar.tools import templates
 from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.indexing import index_docs
@@ -70,7 +71,7 @@ def curl_lines(url: str) -> list[str]:
 async def run_sidecar(settings: Settings, until: Callable[[str], Awaitable[int]]) -> int:
     """Serve the sidecar on ``settings.listen`` until the coroutine ``until(url)`` returns."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, **SERVER_ARGS)
+    runner = build_runner(app, settings)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()

@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.metrics import Metrics
-from sidecar.rerank.batcher import Batcher
-from sidecar.rerank.failures import Overloaded, ScoringFailed
+from sidecar.rerank.batcher import Batcher, estimate_tokens
+from sidecar.rerank.failures import BadInput, Overloaded, ScoringFailed
 
 
 class _Model:
@@ -92,3 +94,155 @@ async def test_the_models_exception_is_a_scoring_failure_and_the_queue_keeps_ser
     model.fail = False
     assert await batcher.submit("q", ["ab"]) == [2.0]
     await batcher.close()
+
+
+class _Passes:
+    """Records each pass as (query, texts) per job; the first pass waits until the test lets it go. Jobs whose
+    query starts with "bad" get a ``BadInput`` of their own, as the real model gives a text it cannot read."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[tuple[str, int]]] = []
+        self.started = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float] | ScoringFailed]:
+        self.passes.append([(q, len(texts)) for q, texts in jobs])
+        self.started.set()
+        assert self.go.wait(10)
+        return [BadInput(q) if q.startswith("bad") else [float(len(t)) for t in texts] for q, texts in jobs]
+
+    def texts_of(self, query: str) -> int:
+        return sum(n for p in self.passes for q, n in p if q == query)
+
+
+_texts = st.lists(st.text(alphabet="ab ", max_size=40), min_size=1, max_size=60)
+
+
+@settings(max_examples=40, deadline=None)
+@given(budget=st.integers(2, 32), data=st.data())
+def test_a_small_search_behind_a_big_one_is_served_in_the_next_pass_not_after_all_of_it(
+    budget: int, data: st.DataObject
+) -> None:
+    many = data.draw(st.integers(1, min(3, budget - 1)), label="small searches")
+    sizes = data.draw(st.lists(st.integers(1, budget // (many + 1)), min_size=many, max_size=many), label="sizes")
+    big = data.draw(st.lists(st.text(alphabet="ab ", max_size=40), min_size=2 * budget + 1, max_size=10 * budget))
+
+    async def run() -> tuple[_Passes, list[list[float]]]:
+        model = _Passes()
+        batcher = Batcher("m", model, ThreadPoolExecutor(1), Metrics(), queue_pairs=10**6, budget_pairs=budget)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("big", big))
+        assert await asyncio.to_thread(model.started.wait, 10)  # the big search holds the model
+        small = [asyncio.create_task(batcher.submit(f"small{i}", ["s" * i] * n)) for i, n in enumerate(sizes)]
+        await asyncio.sleep(0)
+        model.go.set()
+        done = await asyncio.wait_for(asyncio.gather(first, *small), 10)
+        await batcher.close()
+        return model, done
+
+    model, done = asyncio.run(run())
+    second = dict(model.passes[1])
+    assert all(second.get(f"small{i}") == n for i, n in enumerate(sizes)), model.passes[:3]  # all of each
+    assert done[0] == [float(len(t)) for t in big]  # and the big one is scored whole, in order
+    assert all(d == [float(i)] * n for i, (d, n) in enumerate(zip(done[1:], sizes, strict=True)))
+
+
+def test_budgeted_searches_keep_earliest_deadline_first() -> None:
+    """Searches with a budget are answered at their deadline whatever they got: the earliest takes what fits
+    first (sharing the pass would leave each a shorter head at its deadline), then the next."""
+
+    async def run() -> _Passes:
+        model = _Passes()
+        batcher = Batcher("m", model, ThreadPoolExecutor(1), Metrics(), queue_pairs=10**6, budget_pairs=8)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("hold", ["x"]))
+        assert await asyncio.to_thread(model.started.wait, 10)
+        jobs = [asyncio.create_task(batcher.submit(f"b{i}", ["t"] * 6, budget_s=5 + i)) for i in range(2)]
+        await asyncio.sleep(0)
+        model.go.set()
+        await asyncio.wait_for(asyncio.gather(first, *jobs), 10)
+        await batcher.close()
+        return model
+
+    model = asyncio.run(run())
+    assert model.passes[1] == [("b0", 6), ("b1", 2)], model.passes
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.lists(st.text(alphabet="ab ", max_size=30), max_size=300), cap=st.integers(1, 100))
+def test_a_search_over_max_search_pairs_queues_only_its_head_and_gets_that_scored(texts: list[str], cap: int) -> None:
+    async def run() -> tuple[_Passes, list[float], float | None]:
+        model, metrics = _Passes(), Metrics()
+        model.go.set()
+        batcher = Batcher(
+            "m", model, ThreadPoolExecutor(1), metrics, queue_pairs=200, budget_pairs=16, max_search_pairs=cap
+        )
+        batcher.start()
+        scores = await asyncio.wait_for(batcher.submit("q", texts), 10)  # never Overloaded: it queues <= 100
+        await batcher.close()
+        return model, scores, metrics.registry.get_sample_value("sidecar_queue_pairs")
+
+    model, scores, waiting = asyncio.run(run())
+    assert scores == [float(len(t)) for t in texts[:cap]]  # the head within the cap; the rest is the tail
+    assert model.texts_of("q") == min(len(texts), cap) and waiting == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab ", max_size=400), min_size=1, max_size=200),
+    horizon_s=st.floats(0.01, 10.0),
+    rate=st.floats(1e-6, 1e-2),
+)
+def test_a_search_without_a_budget_queues_no_more_than_the_model_scores_in_half_its_horizon(
+    texts: list[str], horizon_s: float, rate: float
+) -> None:
+    room = horizon_s * 0.5 / rate  # estimated tokens
+    head, total = 0, 0.0
+    for t in texts:
+        cost = estimate_tokens("q", t)
+        if head and total + cost > room:
+            break
+        head, total = head + 1, total + cost
+
+    async def run() -> list[float]:
+        model = _Passes()
+        model.go.set()
+        batcher = Batcher(
+            "m", model, ThreadPoolExecutor(1), Metrics(), queue_pairs=10**6, budget_pairs=32, order_horizon_s=horizon_s
+        )
+        batcher.calibrate(rate, 1.0)  # the cost model has measured: rate seconds a token
+        batcher.start()
+        scores = await asyncio.wait_for(batcher.submit("q", texts), 10)
+        await batcher.close()
+        return scores
+
+    assert asyncio.run(run()) == [float(len(t)) for t in texts[:head]]  # a head it can finish, not a timeout
+
+
+@settings(max_examples=40, deadline=None)
+@given(jobs=st.lists(st.tuples(st.booleans(), _texts), min_size=1, max_size=6))
+def test_one_searchs_input_error_fails_that_search_alone_and_never_counts_against_the_model(
+    jobs: list[tuple[bool, list[str]]],
+) -> None:
+    async def run() -> list[list[float] | BaseException]:
+        model = _Passes()
+        batcher = Batcher("m", model, ThreadPoolExecutor(1), Metrics(), queue_pairs=10**6, budget_pairs=1000)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("first", ["a"]))
+        assert await asyncio.to_thread(model.started.wait, 10)
+        tasks = [batcher.submit(f"{'bad' if bad else 'good'}{i}", texts) for i, (bad, texts) in enumerate(jobs)]
+        pending = asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+        model.go.set()
+        done = await asyncio.wait_for(pending, 10)
+        await first
+        assert await asyncio.wait_for(batcher.submit("after", ["ab"]), 10) == [2.0]  # the queue keeps serving
+        await batcher.close()
+        assert len(model.passes) == 3  # the searches shared one pass
+        return done
+
+    for (bad, texts), got in zip(jobs, asyncio.run(run()), strict=True):
+        if bad:
+            assert isinstance(got, BadInput) and not got.counts_against_model and got.reason == "bad_input"
+        else:
+            assert got == [float(len(t)) for t in texts]

@@ -10,9 +10,12 @@ from typing import Protocol, runtime_checkable
 class Scorer(Protocol):
     """Scores (query, text) pairs with a named model; higher is more relevant.
 
-    The texts come in the engine's order, best first: a scorer that cannot score them all in time scores a
-    prefix. A failure to score raises ``sidecar.rerank.failures.ScoringFailed`` (or a subclass: ``Overloaded`` for a
-    full queue). Anything else a scorer raises is counted as the model's failure too.
+    The texts come in the engine's order, best first: a scorer that cannot score them all in time, or will not
+    spend that much of the model on one search (``max_search_pairs``), scores a prefix, with or without a
+    budget. Any str is a valid text: one the model cannot read raises ``BadInput``, which is the search's
+    fault and not the model's. A failure to score raises ``sidecar.rerank.failures.ScoringFailed`` (or a
+    subclass: ``Overloaded`` for a full queue). Anything else a scorer raises is counted as the model's failure
+    too.
     """
 
     async def start(self) -> None:

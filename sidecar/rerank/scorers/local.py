@@ -14,6 +14,7 @@ from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher, estimate_tokens
 from sidecar.rerank.cache import LRU, text_key
+from sidecar.rerank.failures import BadInput
 from sidecar.rerank.scorers.embeddings import Embeddings, MemoryCache, SqliteStore
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class _LocalModel:
             self._executor,
             metrics,
             queue_pairs=settings.queue_pairs,
+            max_search_pairs=settings.max_search_pairs,
             budget_pairs=32,  # set for the device once the model is loaded
             max_wait_s=settings.max_wait_ms / 1000,
             order_horizon_s=settings.rerank_timeout_ms / 1000,
@@ -104,10 +106,11 @@ class _LocalModel:
         await self.batcher.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _compute(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
-        """Runs in the model's thread: the pairs of all jobs share length-sorted batches."""
+    def _compute(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float] | BadInput]:
+        """Runs in the model's thread: the pairs of all jobs share length-sorted batches; a job whose text the
+        tokenizer refuses gets its ``BadInput``, the others their scores."""
         assert self.model is not None
-        return self.model.score_many(jobs, self.batch_tokens)
+        return self.model.score_each(jobs, self.batch_tokens)
 
 
 class LocalScorer:

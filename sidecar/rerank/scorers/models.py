@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from sidecar.config import ModelSpec, Settings
 from sidecar.errors import ModelLoadError
 from sidecar.rerank.cache import text_key
+from sidecar.rerank.failures import BadInput
 from sidecar.rerank.scorers import cpu
 from sidecar.rerank.scorers.batching import plan_batches
 from sidecar.rerank.scorers.embeddings import Embeddings, Vectors
@@ -167,20 +168,41 @@ class LoadedModel:
     def score(self, query: str, texts: Sequence[str], batch_tokens: int) -> list[float]:
         return self.score_many([(query, texts)], batch_tokens)[0]
 
-    @torch.inference_mode()
     def score_many(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
+        """``score_each``, raising the first request's ``BadInput`` (the tools score one request at a time)."""
+        out = []
+        for result in self.score_each(requests, batch_tokens):
+            if isinstance(result, BadInput):
+                raise result
+            out.append(result)
+        return out
+
+    @torch.inference_mode()
+    def score_each(
+        self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int
+    ) -> list[list[float] | BadInput]:
         """Score several requests at once: their pairs share length-sorted batches, whatever their query.
 
-        A long document split into chunks (``max_chunks_per_doc``) scores as its best chunk."""
+        A request whose text the tokenizer refuses gets its ``BadInput`` in place of its scores; the others are
+        scored (one search's input never fails its neighbours'). A long document split into chunks
+        (``max_chunks_per_doc``) scores as its best chunk."""
         if self.kind == "bi-encoder":
             return self._cosine(requests, batch_tokens)
+        out: list[list[float] | BadInput] = []
         pairs: list[tuple[list[int], list[int]]] = []
         owner: list[int] = []  # the document each pair belongs to, counted over all requests
+        spans: list[tuple[int, int, int]] = []  # (request, its first document, its documents)
         docs = 0
-        for query, texts in requests:
-            q = self.encoder.query_ids(query)
-            for d in self.encoder.ids(texts):
-                chunks = self.encoder.pair_chunks(q, d)
+        for n, (query, texts) in enumerate(requests):
+            try:
+                q = self.encoder.query_ids(query)
+                encoded = [self.encoder.pair_chunks(q, d) for d in self.encoder.ids(texts)]
+            except BadInput as e:
+                out.append(e)
+                continue
+            out.append([])
+            spans.append((n, docs, len(encoded)))
+            for chunks in encoded:
                 pairs += chunks
                 owner += [docs] * len(chunks)
                 docs += 1
@@ -189,7 +211,9 @@ class LoadedModel:
             logits = self._forward([pairs[i] for i in batch], with_types=True)
             for i, value in zip(batch, self._pick(logits).tolist(), strict=True):
                 flat[owner[i]] = max(flat[owner[i]], float(value))
-        return _split(flat, [len(texts) for _, texts in requests])
+        for n, first, count in spans:
+            out[n] = flat[first : first + count]
+        return out
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -201,7 +225,7 @@ class LoadedModel:
         chosen = logits[:, self.label if self.label is not None else logits.shape[-1] - 1]
         return torch.sigmoid(chosen) if self.activation == "sigmoid" else chosen
 
-    def _cosine(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float]]:
+    def _cosine(self, requests: Sequence[tuple[str, Sequence[str]]], batch_tokens: int) -> list[list[float] | BadInput]:
         """Cosine of mean-pooled embeddings; a document split into chunks scores as its best chunk.
 
         Embeddings that ``self.embeddings`` holds are not computed again (documents in memory and in the
@@ -209,13 +233,18 @@ class LoadedModel:
         keys = {t: text_key(t) for query, docs in requests for t in (query, *docs)}
         known = self.embeddings.get_many(list(set(keys.values()))) if self.embeddings is not None else {}
         todo = [t for t, k in keys.items() if k not in known]
-        fresh = self.embed(todo, batch_tokens)
+        try:
+            fresh = self.embed(todo, batch_tokens)  # tokenizes all of todo before any forward pass
+        except BadInput as e:
+            if len(requests) == 1:
+                return [e]
+            return [r for request in requests for r in self._cosine([request], batch_tokens)]  # find whose
         vectors = {**known, **{keys[t]: v for t, v in zip(todo, fresh, strict=True)}}
         if self.embeddings is not None and todo:
             queries = {q for q, _ in requests}
             self.embeddings.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True) if t not in queries])
             self.embeddings.put_many([(keys[t], v) for t, v in zip(todo, fresh, strict=True) if t in queries], False)
-        out = []
+        out: list[list[float] | BadInput] = []
         for query, docs in requests:
             q = vectors[keys[query]][0]  # a query's first window: queries are short
             out.append([float((vectors[keys[d]] @ q).max()) for d in docs])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.rerank.cache import LRU, text_key
+from sidecar.rerank.failures import BadInput
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,27 @@ def _find(seq: list[int], sub: list[int], start: int) -> int:
     raise ValueError("cannot learn the tokenizer's pair template")
 
 
+def encodable(text: str) -> str:
+    """``text`` as a tokenizer takes it: a lone surrogate (JSON's "\\ud800", which no UTF-8 can carry) becomes
+    U+FFFD, a surrogate pair the character it stands for; a valid text is returned as it is."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens. Any str can be tokenized (``encodable``); should the tokenizer still
+    refuse one, that is the text's fault: ``BadInput``, which the search that sent it answers for alone."""
+    try:
+        return list(tokenizer([encodable(t) for t in texts], add_special_tokens=False)["input_ids"])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # its own errors, and a Rust panic (pyo3's PanicException is a BaseException)
+        raise BadInput(f"the tokenizer refused a text: {type(e).__name__}") from e
+
+
 class PairEncoder:
     """Builds model inputs for (query, doc) pairs, identical to ``tokenizer(q, d, truncation="only_second")``."""
 
@@ -76,7 +98,7 @@ class PairEncoder:
         out: list[tuple[int, ...] | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         if missing:
-            encoded = self.tokenizer([texts[i] for i in missing], add_special_tokens=False)["input_ids"]
+            encoded = tokenize(self.tokenizer, [texts[i] for i in missing])
             for i, ids in zip(missing, encoded, strict=True):
                 value = tuple(ids)
                 out[i] = value
@@ -84,7 +106,7 @@ class PairEncoder:
         return [v for v in out if v is not None]
 
     def query_ids(self, query: str) -> tuple[int, ...]:
-        ids = tuple(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        ids = tuple(tokenize(self.tokenizer, [query])[0])
         # Where the tokenizer itself would fail (the query leaves no room for the document), we cut the query
         # to half the budget instead, so that every document is still read.
         if len(ids) > self.max_length - self.template.specials - 1:
