@@ -33,14 +33,20 @@ class ScoringOptions(_Frozen):
 
     score_mode: ScoreMode = Field("replace", description="replace, normalize (ES: max(s,0)+min(exp(s),1)) or combine")
     combine_mode: CombineMode = Field("total", description="with score_mode=combine: how engine and model scores mix")
-    query_weight: float = Field(1.0, description="with combine: weight of the engine's score")
-    rerank_weight: float = Field(1.0, description="with combine: weight of the model's score")
+    query_weight: float = Field(
+        1.0, allow_inf_nan=False, ge=-3.4e38, le=3.4e38, description="with combine: weight of the engine's score"
+    )
+    rerank_weight: float = Field(
+        1.0, allow_inf_nan=False, ge=-3.4e38, le=3.4e38, description="with combine: weight of the model's score"
+    )
     normalization: Normalization = Field(
         "none",
         description="with combine: engine and model scores each normalized over the reranked hits of the search "
         "first (min_max to [0, 1], z_score to mean 0 and deviation 1), as OpenSearch's hybrid normalization",
     )
-    min_score: float | None = Field(None, description="drop reranked hits whose final score is below this")
+    min_score: float | None = Field(
+        None, allow_inf_nan=False, description="drop reranked hits whose final score is below this"
+    )
 
 
 class Stage(_Frozen):

@@ -116,3 +116,14 @@ def is_ndjson_media_type(content_type: str | None) -> bool:
         "application/vnd.elasticsearch+json",
         "text/plain",
     )
+
+
+_OTHER_FORMATS = re.compile(r"yaml|cbor|smile", re.I)
+
+
+def reply_is_json(format_param: str | None, accept: str | None) -> bool:
+    """Whether the engine answers a search in JSON: no ``?format=`` other than json, and an Accept that names
+    none of the engines' other formats (YAML, CBOR, Smile)."""
+    if format_param is not None and format_param.strip().lower() != "json":
+        return False
+    return not _OTHER_FORMATS.search(accept or "")

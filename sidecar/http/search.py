@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -81,11 +79,11 @@ def _reply(request: web.Request, engine: EngineReply) -> web.Response:
     engine's bytes as they came."""
     headers = CIMultiDict(engine.headers)
     headers.update(engine.outcome.headers())
-    if engine.json is None:
+    if engine.body is None:
         if engine.encoding:
             headers["Content-Encoding"] = engine.encoding
         return web.Response(status=engine.status, body=engine.raw, headers=headers)
-    body = json.dumps(engine.json).encode()
+    body = engine.body
     if is_gzip(engine.encoding) and accepts_gzip(request.headers.get("Accept-Encoding")):
         body = gzip_body(body)
         headers["Content-Encoding"] = "gzip"

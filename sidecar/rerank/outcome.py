@@ -14,7 +14,8 @@ class Outcome:
 
     ``reason`` says why a search was skipped or fell back; for an applied search it is the syntax that asked
     (rule, ext or retriever), and ``reranked`` < ``window`` when the latency budget allowed only a head of the
-    window (``applied; window=37/100; reason=budget``). An ``_msearch`` ends in one summary outcome whose
+    window (``applied; window=37/100; reason=budget``), or the search's share of the model did
+    (``max_search_pairs``: ``reason=search_cap``). An ``_msearch`` ends in one summary outcome whose
     ``items`` are its reranked searches' own outcomes.
     """
 
@@ -24,7 +25,7 @@ class Outcome:
     window: int = 0  # hits fetched from the engine for reranking
     reranked: int = 0  # of those, hits the model scored
     took_ms: float | None = None
-    cut: bool = False  # the budget ran out before the model(s) scored all they were to
+    cut: str = ""  # why the model(s) scored less than they were to: "budget" or "search_cap"; "" when they did not
     items: tuple[Outcome, ...] = ()
 
     @classmethod
@@ -49,7 +50,7 @@ class Outcome:
         return out
 
     def _applied(self) -> str:
-        return f"applied; window={self.reranked}/{self.window}" + ("; reason=budget" if self.cut else "")
+        return f"applied; window={self.reranked}/{self.window}" + (f"; reason={self.cut}" if self.cut else "")
 
     def _msearch_headers(self) -> dict[str, str]:
         applied = sum(1 for o in self.items if o.kind == "applied")
@@ -69,5 +70,5 @@ class Outcome:
         if self.items:
             return f"applied:items={sum(1 for o in self.items if o.kind == 'applied')}"
         if self.kind == "applied":
-            return f"applied:{self.reranked}/{self.window}" + (":budget" if self.cut else "")
+            return f"applied:{self.reranked}/{self.window}" + (f":{self.cut}" if self.cut else "")
         return f"{self.kind}:{self.reason}"

@@ -8,7 +8,6 @@ and the scorer), splice the model's order into the engine's reply.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,14 +18,15 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import Settings
-from sidecar.encoding import decode
-from sidecar.errors import BadRequest, RerankFailed, TooManyRequests
-from sidecar.headers import client_response_headers
+from sidecar.encoding import accepts_gzip, decode
+from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests
+from sidecar.headers import client_response_headers, reply_is_json, vendor_media_type
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
 from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
+from sidecar.search.body import read_object, write_json
 from sidecar.search.hits import engine_page, hit_texts, splice
 from sidecar.search.ndjson import dump_msearch, item_indices, parse_msearch
 from sidecar.search.plan import Decision, Plan, decide, may_rerank
@@ -60,8 +60,9 @@ class PassThrough:
 
 @dataclass(frozen=True)
 class EngineReply:
-    """The engine's reply to our request for the window; ``json`` is the reranked reply, or None to send
-    ``raw`` as the engine sent it (errors, non-JSON)."""
+    """The engine's reply to our request for the window. ``json`` is the reply as read (and reranked in
+    place), ``body`` its bytes for the client; with ``body`` None, ``raw`` goes back as the engine sent it
+    (an error: an error never carries the widened window)."""
 
     status: int
     headers: CIMultiDict[str]  # for the client: compat applied, length and encoding removed
@@ -69,6 +70,7 @@ class EngineReply:
     encoding: str | None
     json: dict[str, Any] | None
     outcome: Outcome
+    body: bytes | None = None
 
 
 class RerankPipeline:
@@ -106,22 +108,27 @@ class RerankPipeline:
     async def _search(self, call: SearchCall) -> PassThrough | EngineReply:
         if not may_rerank(call.body, self._settings.rules, call.indices):  # no JSON parse for most searches
             return PassThrough(None, Outcome.skipped("disabled_by_header" if call.opt_out else "no_rule"))
-        body = _json_object(call.body) if call.parseable else None
+        body = read_object(call.body) if call.parseable else None
         if body is None:
             return PassThrough(None, Outcome.skipped("unparsed_body"))
         params = dict(call.url.query)
+        if not reply_is_json(params.get("format"), call.headers.get("Accept")):
+            return PassThrough(None, _NOT_JSON)  # a reply we could not cut to the page: never widened
         decision = self._decide(body, call.indices, params, call.opt_out)
-        if decision.plan is None:
-            rewritten = None if decision.body is None else json.dumps(decision.body).encode()
+        rewritten = None if decision.body is None else write_json(decision.body)
+        if decision.body is not None and rewritten is None:  # too deep to write back: the engine judges it
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
+        if decision.plan is None or rewritten is None:
             return PassThrough(rewritten, Outcome.skipped(decision.reason or ""))
-        assert decision.body is not None
         start = time.perf_counter()
-        engine = await self._fetch(call, json.dumps(decision.body).encode(), decision.drop_params)
+        engine = await self._fetch(call, rewritten, decision.drop_params)
+        if engine.status == 200 and engine.json is None:
+            return PassThrough(None, _NOT_JSON)  # the window came back unreadable: ask again, as the client did
         if engine.json is None or engine.status != 200:
             return _as_sent(engine)
         outcome = await self._rerank(engine.json, decision.plan)
-        engine.json["took"] = int(engine.json.get("took", 0)) + round((time.perf_counter() - start) * 1000)
-        return _with_outcome(engine, outcome)
+        _add_took(engine.json, start)
+        return _finished(engine, outcome)
 
     def _decide(
         self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool
@@ -137,39 +144,70 @@ class RerankPipeline:
         if len(pairs) > self._settings.max_msearch_items:
             limit = self._settings.max_msearch_items
             raise BadRequest(f"_msearch of {len(pairs)} searches is over the maximum of {limit} (max_msearch_items)")
+        if not reply_is_json(call.url.query.get("format"), call.headers.get("Accept")):
+            return PassThrough(None, _NOT_JSON)
         params = {k: v for k, v in call.url.query.items() if k == "filter_path"}
-        decisions = [self._decide(b, item_indices(h, call.indices), params, call.opt_out) for h, b in pairs]
-        plans = [d.plan for d in decisions]
-        if not any(plans):
-            if all(d.body is None for d in decisions):
-                return PassThrough(None, Outcome.skipped("no_item_reranked"))
-            rewritten = [(h, d.body if d.body is not None else b) for (h, b), d in zip(pairs, decisions, strict=True)]
-            return PassThrough(dump_msearch(rewritten), Outcome.skipped("no_item_reranked"))
+        decisions = [self._decide_item(b, item_indices(h, call.indices), params, call.opt_out) for h, b in pairs]
+        failed = {i: d for i, d in enumerate(decisions) if isinstance(d, SidecarError)}
+        plans = [d.plan if isinstance(d, Decision) else None for d in decisions]
+        sent = [
+            (h, d.body if d.body is not None else b)
+            for (h, b), d in zip(pairs, decisions, strict=True)
+            if isinstance(d, Decision)
+        ]
+        rewritten = dump_msearch(sent)
+        if not failed and not any(plans):
+            untouched = all(isinstance(d, Decision) and d.body is None for d in decisions)
+            return PassThrough(None if untouched else rewritten, Outcome.skipped("no_item_reranked"))
+        if rewritten is None:
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
         start = time.perf_counter()
-        sent = [(h, d.body if d.body is not None else b) for (h, b), d in zip(pairs, decisions, strict=True)]
-        engine = await self._fetch(call, dump_msearch(sent), ())
+        if sent:
+            engine = await self._fetch(call, rewritten, ())
+        else:  # every item is one of our 400s: the engine has nothing to do
+            engine = _our_reply(call, {"took": 0, "responses": []})
         responses = engine.json.get("responses") if engine.json is not None else None
-        if engine.status != 200 or not isinstance(responses, list) or len(responses) != len(plans):
+        if engine.status == 200 and engine.json is None:
+            return PassThrough(None, _NOT_JSON)
+        if engine.status != 200 or not isinstance(responses, list) or len(responses) != len(sent):
             return _as_sent(engine)
+        answers = iter(responses)  # the engine's answers, and ours (the items we refused) in their places
+        merged = [failed[i].body() if i in failed else next(answers) for i in range(len(pairs))]
+        assert engine.json is not None
+        engine.json["responses"] = merged
 
-        async def one(item: Any, plan: Plan | None) -> Outcome | None:
+        async def one(i: int, plan: Plan | None) -> Outcome | None:
+            item = merged[i]
             if plan is None or not isinstance(item, dict) or "error" in item or item.get("status", 200) != 200:
                 return None
-            return await self._rerank(item, plan)
+            try:
+                outcome = await self._rerank(item, plan)
+            except SidecarError as e:  # this search's 429 or strict failure; the others are served
+                merged[i] = e.body()
+                return None
+            _add_took(item, start)
+            return outcome
 
-        outcomes = await asyncio.gather(*(one(r, p) for r, p in zip(responses, plans, strict=True)))
-        took = round((time.perf_counter() - start) * 1000)
-        for item, plan in zip(responses, plans, strict=True):
-            if plan is not None and isinstance(item, dict) and "took" in item:
-                item["took"] = int(item["took"]) + took
+        outcomes = await asyncio.gather(*(one(i, p) for i, p in enumerate(plans)))
         items = tuple(o for o in outcomes if o is not None)
-        return _with_outcome(engine, Outcome("applied", items=items) if items else Outcome.skipped("no_item_reranked"))
+        return _finished(engine, Outcome("applied", items=items) if items else Outcome.skipped("no_item_reranked"))
+
+    def _decide_item(
+        self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool
+    ) -> Decision | SidecarError:
+        """One item's decision, or its error: the engine answers `_msearch` item by item, and so do we."""
+        try:
+            return self._decide(body, indices, params, opt_out)
+        except SidecarError as e:
+            return e
 
     # -- the engine --------------------------------------------------------------------------------------
 
     async def _fetch(self, call: SearchCall, body: bytes, drop_params: tuple[str, ...]) -> EngineReply:
         headers = CIMultiDict(call.headers)
         headers.popall("Content-Encoding", None)
+        # The window's reply must come back in an encoding we read (and cut), whatever the client accepts.
+        headers["Accept-Encoding"] = "gzip" if accepts_gzip(call.headers.get("Accept-Encoding")) else "identity"
         headers["Content-Length"] = str(len(body))
         headers.setdefault("Content-Type", "application/json")
         query = [(k, v) for k, v in call.url.query.items() if k not in drop_params]
@@ -182,7 +220,7 @@ class RerankPipeline:
         )
         encoding = reply_headers.get("Content-Encoding")
         plain = decode(data, encoding)
-        reply = _json_object(plain) if plain is not None else None
+        reply = read_object(plain) if plain is not None and plain.strip() else None
         return EngineReply(status, out_headers, data, encoding, reply, Outcome.skipped("engine_error"))
 
     # -- scoring -----------------------------------------------------------------------------------------
@@ -192,7 +230,10 @@ class RerankPipeline:
 
         A cascade reorders the top of the window stage by stage; the last stage's scores are the reply's."""
         hits = (reply.get("hits") or {}).get("hits") or []
-        texts = [hit_texts(h, plan) for h in hits]  # our own code: a bug here is ours, not the model's
+        # Our own code (a bug here is ours, not the model's), per hit and so off the loop. With array_mode max a
+        # hit is many texts: each keeps its first values within an even share of the search's max_search_pairs.
+        share = max(1, self._settings.max_search_pairs // max(1, len(hits)))
+        texts = await asyncio.to_thread(lambda: [hit_texts(h, plan)[:share] for h in hits])
         steps = plan.cascade
         label = ">".join(s.model for s in steps)
         t0 = time.perf_counter()
@@ -222,7 +263,8 @@ class RerankPipeline:
         if len(steps) > 1:
             reply["hits"]["hits"] = [hits[i] for i in order]
         splice(reply, plan, scores, label)
-        return Outcome("applied", plan.source, label, len(hits), first, took_ms, cut=cut)
+        why = ("budget" if plan.budget_s is not None else "search_cap") if cut else ""
+        return Outcome("applied", plan.source, label, len(hits), first, took_ms, cut=why)
 
     async def _score(self, per_hit: list[list[str]], plan: Plan, model: str, budget_s: float | None) -> list[float]:
         """One score per hit (its best text) for the head of the window that the budget allows (all of it
@@ -274,14 +316,21 @@ class RerankPipeline:
         return self._breakers[model]
 
 
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
+_NOT_JSON = Outcome.skipped("reply_not_json")
+
+
+def _add_took(reply: dict[str, Any], start: float) -> None:
+    took = reply.get("took")
+    if isinstance(took, int) and not isinstance(took, bool):
+        reply["took"] = took + round((time.perf_counter() - start) * 1000)
+
+
+def _our_reply(call: SearchCall, body: dict[str, Any]) -> EngineReply:
+    content_type = "application/json"
+    if call.reply_compat:
+        content_type = vendor_media_type(content_type, call.reply_compat)
+    headers = CIMultiDict({"Content-Type": content_type})
+    return EngineReply(200, headers, b"", None, body, Outcome.skipped("no_item_reranked"))
 
 
 def _as_sent(engine: EngineReply) -> EngineReply:
@@ -289,5 +338,9 @@ def _as_sent(engine: EngineReply) -> EngineReply:
     return EngineReply(engine.status, engine.headers, engine.raw, engine.encoding, None, engine.outcome)
 
 
-def _with_outcome(engine: EngineReply, outcome: Outcome) -> EngineReply:
-    return EngineReply(engine.status, engine.headers, engine.raw, engine.encoding, engine.json, outcome)
+def _finished(engine: EngineReply, outcome: Outcome) -> EngineReply | PassThrough:
+    """The reranked reply written back; a reply that nests too deep to write goes again as the client sent it."""
+    body = write_json(engine.json)
+    if body is None:
+        return PassThrough(None, Outcome.skipped("unparsed_reply"))
+    return EngineReply(engine.status, engine.headers, engine.raw, engine.encoding, engine.json, outcome, body)

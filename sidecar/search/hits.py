@@ -8,7 +8,7 @@ from typing import Any
 
 from sidecar.config import ScoringOptions
 from sidecar.search.plan import Plan
-from sidecar.search.query_text import is_missing, resolve_path
+from sidecar.search.query_text import is_missing, prefix_keys, resolve_path, usable_text
 
 
 def hit_texts(hit: dict[str, Any], plan: Plan) -> list[str]:
@@ -32,13 +32,16 @@ def document_texts(hit: dict[str, Any], fields: Sequence[str], separator: str, a
 
 
 def _strings(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    if isinstance(value, dict):
-        return []
-    return [str(value)]
+    """The scalar values in ``value``, arrays flattened in order (an explicit stack: any depth), objects skipped."""
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        elif item is not None and not isinstance(item, dict):
+            out.append(usable_text(str(item)))
+    return out
 
 
 def final_score(engine: float | None, model: float, opts: ScoringOptions) -> float:
@@ -139,25 +142,26 @@ def _hide(hit: dict[str, Any], plan: Plan) -> None:
     source = hit.get("_source")
     if not plan.hidden_fields or not isinstance(source, dict):
         return
-    source = _deep_copy_dicts(source)
+    source = dict(source)  # the objects on each hidden path are copied, nothing else: the reply may be shared
     for path in plan.hidden_fields:
-        _delete_path(source, path.split("."))
+        _delete_path(source, path)
     hit["_source"] = source
 
 
-def _deep_copy_dicts(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy_dicts(v) if isinstance(v, dict) else v for k, v in value.items()}
-
-
-def _delete_path(node: dict[str, Any], parts: list[str]) -> None:
-    for split in range(len(parts), 0, -1):  # keys with dots first, as resolve_path reads them
-        key = ".".join(parts[:split])
-        if key not in node:
-            continue
-        if split == len(parts):
-            del node[key]
-        elif isinstance(node[key], dict):
-            _delete_path(node[key], parts[split:])
-            if not node[key]:
-                del node[key]
-        return
+def _delete_path(node: dict[str, Any], path: str) -> None:
+    """Delete ``path`` from ``node``, copying each object it goes through (the longest key first, as
+    resolve_path reads them); objects it leaves empty go too."""
+    trail: list[tuple[dict[str, Any], str]] = []
+    while path not in node:
+        keys = prefix_keys(node, path)
+        if not keys or not isinstance(node[keys[-1]], dict):
+            return
+        key = keys[-1]
+        node[key] = child = dict(node[key])
+        trail.append((node, key))
+        node, path = child, path[len(key) + 1 :]
+    del node[path]
+    for parent, key in reversed(trail):
+        if parent[key]:
+            break
+        del parent[key]

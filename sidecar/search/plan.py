@@ -6,8 +6,9 @@ the body the engine gets.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,8 +17,8 @@ from pydantic import ValidationError
 
 from sidecar.config import DEFAULT_MODEL, Rule, ScoringOptions, Settings, Stage
 from sidecar.errors import BadRequest
-from sidecar.search.query_text import find_query_text
-from sidecar.search.request import RerankRequest, Source, has_standard_inner, parse_ext, parse_retriever
+from sidecar.search.query_text import find_query_text, usable_text
+from sidecar.search.request import RerankRequest, Source, cut, has_standard_inner, parse_ext, parse_retriever
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def decide(
             return Decision(None, reason="disabled_by_header")
         if match_rule(settings.rules, indices) is None:
             return Decision(None, reason="no_rule")
-    work = copy.deepcopy(body)
+    work = dict(body)  # decide replaces top-level keys only, never mutates what they hold (ext is copied)
     ext = _pop_ext(work)
     stripped = ext is not _NO_EXT
 
@@ -117,19 +118,24 @@ def decide(
     query = request.query_text or find_query_text(work.get("query")) or _q_param(params)
     if not query:
         return skip("no_query_text")
+    query = usable_text(query)
     if len(query) > settings.max_query_chars:
         raise BadRequest(f"query text of {len(query)} characters is over the maximum of {settings.max_query_chars}")
     model = request.model or (rule.model if rule else None) or DEFAULT_MODEL
     stages = request.stages or (rule.stages if rule else ())
     for name in {model, *(s.model for s in stages if s.model)}:
         if not has_model(name):
-            raise BadRequest(f"[inference_id] unknown model [{name}]; configured: see the sidecar's `models` setting")
+            raise BadRequest(
+                f"[inference_id] unknown model [{cut(name)}]; configured: see the sidecar's `models` setting"
+            )
     if stages:  # the first stage's window is the window; one stage is a plain rerank with its model
         request = replace(request, window_size=stages[0].window_size, stages=stages)
         model = stages[0].model or model if len(stages) == 1 else model
     window = _window(request, rule, work, params, settings)
     if isinstance(window, str):
         return skip(window)
+    if not _source_readable(work.get("_source", True)):
+        return skip("engine_judges_source")  # a shape the engine refuses: it says so, in its own words
     plan = _plan(work, request, rule, query, model, window, params, settings)
     return Decision(_rewrite(work, plan), plan=plan, drop_params=("from", "size"))
 
@@ -142,10 +148,12 @@ def _pop_ext(work: dict[str, Any]) -> Any:
     ext = work.get("ext")
     if not isinstance(ext, dict) or "rerank" not in ext:
         return _NO_EXT
-    spec = ext.pop("rerank")
-    if not ext:
+    rest = {k: v for k, v in ext.items() if k != "rerank"}
+    if rest:
+        work["ext"] = rest
+    else:
         del work["ext"]
-    return spec
+    return ext["rerank"]
 
 
 def _parse(work: dict[str, Any], ext: Any) -> tuple[RerankRequest | None, str | None]:
@@ -181,6 +189,8 @@ def _window(
     """Step 3: (from, size, window), or why the page cannot be reranked. The window covers the page."""
     size = _int_param(params, work, "size", 10)
     start = _int_param(params, work, "from", 0)
+    if size is None or start is None or start + size > _MAX_RESULT_WINDOW:
+        return "engine_judges_page"  # a value the engine may refuse: it says so, in its own words
     if size == 0:
         return "size_0"
     requested = request.window_size
@@ -292,15 +302,36 @@ def _q_param(params: Mapping[str, str]) -> str | None:
     return q.strip() or None if q else None
 
 
-def _int_param(params: Mapping[str, str], body: dict[str, Any], key: str, default: int) -> int:
-    raw = params.get(key, body.get(key, default))
-    try:
-        value = int(raw)
-    except (TypeError, ValueError) as e:
-        raise BadRequest(f"[{key}] must be a whole number, got [{raw}]") from e
-    if value < 0:
-        raise BadRequest(f"[{key}] must be 0 or more, got [{value}]")
-    return value
+_INT32 = 2**31 - 1
+_MAX_RESULT_WINDOW = 10_000  # the engines' default index.max_result_window: a deeper page is the engine's to judge
+_PARAM_INT = re.compile(r"[+-]?[0-9]+")
+_BODY_NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
+
+
+def _int_param(params: Mapping[str, str], body: dict[str, Any], key: str, default: int) -> int | None:
+    """``size`` or ``from`` read as the engine reads it, or None where the engine would refuse the value.
+
+    A URL parameter is a whole number; in the body a number or a numeric string, a fraction truncated (as
+    Jackson's coercion does), within a 32-bit int; a boolean, null, array or object is refused; so is a
+    negative value."""
+    if key in params:
+        raw = params[key]
+        value = int(raw) if _PARAM_INT.fullmatch(raw) and len(raw) < 20 else None
+    else:
+        value = _body_int(body.get(key, default))
+    return value if value is not None and 0 <= value <= _INT32 else None
+
+
+def _body_int(raw: Any) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and len(raw) < 40 and _BODY_NUMBER.fullmatch(raw):
+        raw = float(raw)
+    if isinstance(raw, float) and math.isfinite(raw) and abs(raw) <= _INT32:
+        return int(raw)
+    return None
 
 
 def _source_filter(src: Any, fields: tuple[str, ...]) -> tuple[Any, tuple[str, ...], bool]:
@@ -327,14 +358,30 @@ def _source_filter(src: Any, fields: tuple[str, ...]) -> tuple[Any, tuple[str, .
     return {"includes": new_includes, "excludes": new_excludes}, hidden, False
 
 
+def _source_readable(src: Any) -> bool:
+    """A ``_source`` value of a shape the engine reads: a boolean, a pattern or a list of them, or an object
+    of ``includes``/``excludes`` (or ``include``/``exclude``) that are patterns or lists of them."""
+
+    def patterns(value: Any) -> bool:
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+    if isinstance(src, bool | str) or src is None:
+        return True
+    if isinstance(src, list):
+        return patterns(src)
+    if isinstance(src, dict):
+        return set(src) <= {"includes", "excludes", "include", "exclude"} and all(map(patterns, src.values()))
+    return False
+
+
 def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if value else []
 
 
 def _path_match(path: str, pattern: str) -> bool:
     """As source filtering: a pattern matches the path itself or a parent object of it."""
-    parts = path.split(".")
-    return any(fnmatch.fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
+    ends = [i for i, c in enumerate(path) if c == "."] + [len(path)]
+    return any(fnmatch.fnmatchcase(path[:i], pattern) for i in ends)
 
 
 def source_visible(path: str, includes: Sequence[str], excludes: Sequence[str]) -> bool:

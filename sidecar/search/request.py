@@ -19,6 +19,11 @@ from sidecar.errors import BadRequest, ParsingError
 from sidecar.search.query_text import is_missing, resolve_path
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# As OpenSearch bounds them: a field path of at most 1000 characters, at most 50 fields a search.
+FieldPath = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+MAX_FIELDS = 50
+# A weight or score as the engine reads one: a finite 32-bit float, so any score computed from it stays finite.
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-3.4e38, le=3.4e38)]
 Source = Literal["rule", "ext", "retriever"]
 
 
@@ -38,7 +43,7 @@ class RerankRequest:
 
 
 class _Syntax(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=_Syntax)
@@ -46,7 +51,7 @@ M = TypeVar("M", bound=_Syntax)
 
 class QueryContext(_Syntax):
     query_text: str | None = None
-    query_text_path: str | None = None
+    query_text_path: FieldPath | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> QueryContext:
@@ -64,17 +69,17 @@ class ExtRerank(_Syntax):
     """``"ext": {"rerank": {...}}``."""
 
     query_context: QueryContext
-    fields: list[Text] | None = Field(None, min_length=1)
+    fields: list[FieldPath] | None = Field(None, min_length=1, max_length=MAX_FIELDS)
     window_size: int | None = Field(None, ge=1)
     model: Text | None = None
     score_mode: ScoreMode | None = None
     combine_mode: CombineMode | None = None
-    query_weight: float | None = None
-    rerank_weight: float | None = None
-    min_score: float | None = None
+    query_weight: Finite | None = None
+    rerank_weight: Finite | None = None
+    min_score: Finite | None = None
     normalization: Normalization | None = None
     allow_rerank_failures: bool | None = None
-    budget_ms: float | None = Field(None, ge=0)
+    budget_ms: float | None = Field(None, ge=0, le=3_600_000)
     stages: list[StageSyntax] | None = Field(None, min_length=1, max_length=4)
 
     @model_validator(mode="after")
@@ -117,10 +122,10 @@ class TextSimilarityReranker(_Syntax):
     """``"retriever": {"text_similarity_reranker": {"retriever": {"standard": {...}}, ...}}``."""
 
     retriever: dict[Literal["standard"], dict[str, Any]]
-    field: Text
+    field: FieldPath
     inference_text: Text
     rank_window_size: int | None = Field(None, ge=1)
-    min_score: float | None = None
+    min_score: Finite | None = None
     inference_id: Text | None = None
     allow_rerank_failures: bool | None = None
     chunk_rescorer: Any = None  # accepted; documents are chunked by the `max_chunks_per_doc` setting
@@ -172,7 +177,7 @@ def _validate(model: type[M], spec: Any, where: str) -> M:
         return model.model_validate(spec)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = cut(".".join(str(p) for p in err["loc"]))
         if err["type"] == "extra_forbidden":
             raise ParsingError(f"[{where}] unknown key [{loc}]") from e
         if err["type"] == "missing":
@@ -181,4 +186,9 @@ def _validate(model: type[M], spec: Any, where: str) -> M:
             raise ParsingError(f"[{where}.query_context] {err['msg'].removeprefix('Value error, ')}") from e
         if err["type"] == "value_error":
             raise BadRequest(f"[{where}] {err['msg'].removeprefix('Value error, ')}") from e
-        raise BadRequest(f"[{where}] invalid value for [{loc}]: {err.get('input')!r} ({err['msg']})") from e
+        raise BadRequest(f"[{where}] invalid value for [{loc}]: {cut(repr(err.get('input')))} ({err['msg']})") from e
+
+
+def cut(text: str, limit: int = 100) -> str:
+    """``text`` as an error quotes it: a long one cut, so that an error never echoes a huge input."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
