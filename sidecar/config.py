@@ -22,6 +22,8 @@ Normalization = Literal["none", "min_max", "z_score"]
 ModelKind = Literal["auto", "cross-encoder", "bi-encoder"]
 # The name of the model that `model` configures: what rules without a `model`, headers, metrics and /ready call it.
 DEFAULT_MODEL = "default"
+# `model: none`: no default model; with no named models either, the sidecar is a pure proxy.
+NO_MODEL = "none"
 
 
 class _Frozen(BaseModel):
@@ -165,7 +167,11 @@ class Settings(BaseSettings):
     upstream_client_key: str | None = Field(None, description="its private key (PEM), if not in the cert file")
     tls_cert: str | None = Field(None, description="serve HTTPS with this certificate chain (PEM)")
     tls_key: str | None = Field(None, description="the listener certificate's private key (PEM)")
-    model: str = Field("cross-encoder/ms-marco-MiniLM-L6-v2", description="default model: hub id or local path")
+    model: str = Field(
+        "cross-encoder/ms-marco-MiniLM-L6-v2",
+        description="default model: hub id or local path; `none`: no default model (with no `models`, a pure proxy: "
+        "searches pass with `skipped; reason=no_model`)",
+    )
     model_kind: ModelKind = Field("auto", description="kind of the default model")
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="named models for rules/inference_id")
     rules: tuple[Rule, ...] = Field((), description="drop-in rerank rules")

@@ -106,6 +106,8 @@ def decide(
     if opt_out:
         return skip("disabled_by_header")
     request, skip_reason = _parse(work, ext)
+    if request is not None and request.source == "retriever" and request.model and not has_model(request.model):
+        return Decision(None, reason="inference_id_not_ours")  # the engine's own inference endpoint: its to run
     rule = match_rule(settings.rules, indices)  # with ext or a retriever, a rule still gives the defaults
     if skip_reason is None and request is None and rule is None:
         skip_reason = "no_rule"
@@ -123,6 +125,9 @@ def decide(
         raise BadRequest(f"query text of {len(query)} characters is over the maximum of {settings.max_query_chars}")
     model = request.model or (rule.model if rule else None) or DEFAULT_MODEL
     stages = request.stages or (rule.stages if rule else ())
+    named = request.model or (rule.model if rule else None) or any(s.model for s in stages)
+    if not named and not has_model(DEFAULT_MODEL):
+        return skip("no_model")  # `model: none`: nothing to rerank with, the search is the engine's
     for name in {model, *(s.model for s in stages if s.model)}:
         if not has_model(name):
             raise BadRequest(

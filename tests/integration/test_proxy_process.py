@@ -135,3 +135,24 @@ def test_unavailable_device_is_one_clear_message(device: str, tiny_model: str) -
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("rerank-sidecar: ") and f"device {device} is not available" in last, done.stderr
     assert done.stderr.count(f"device {device}") == 1, done.stderr
+
+
+def test_model_none_serves_as_a_pure_proxy(engine: str, http: Http, tmp_path: Path) -> None:
+    """`--model none` starts with no model at all (offline, nothing to load): searches that a rule or the rerank
+    syntax would rerank pass with `skipped; reason=no_model`, the rerank syntax stripped; ready is 200."""
+    http("POST", engine + "/docs/_doc?refresh=true", {"text": "apple pie"})
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(json.dumps({"rules": [{"index": "docs"}]}))
+    flags = ("--model", "none", "--config", str(config))
+    with sidecar_process(engine, *flags, env={"HF_HUB_OFFLINE": "1"}, ready_path="/_sidecar/ready") as (_, url):
+        search = {"query": {"match": {"text": "apple"}}}
+        ext = {**search, "ext": {"rerank": {"query_context": {"query_text": "apple"}}}}
+        for body in (search, ext):
+            r = http("POST", url + "/docs/_search", body)
+            assert r.status == 200 and r.headers["X-Rerank"] == "skipped; reason=no_model", r.data[:300]
+            assert [h["_id"] for h in json.loads(r.data)["hits"]["hits"]] == [
+                h["_id"] for h in json.loads(http("POST", engine + "/docs/_search", search).data)["hits"]["hits"]
+            ]
+        ready = json.loads(http("GET", url + "/_sidecar/ready").data)
+        assert ready["status"] == "ready" and ready["models"] == {}
+        assert http("GET", url + "/docs/_count").status == 200

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from sidecar.config import DEFAULT_MODEL, ModelSpec, Settings
+from sidecar.config import DEFAULT_MODEL, NO_MODEL, ModelSpec, Settings
 from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher, estimate_tokens
@@ -119,7 +119,12 @@ class LocalScorer:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        specs = {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
+        default = (
+            {}
+            if settings.model.lower() == NO_MODEL
+            else {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind)}
+        )
+        specs = {**default, **settings.models}
         memory = MemoryCache(settings.embedding_cache_mb * 1024 * 1024)
         path = settings.embedding_store
         self._store = SqliteStore(path, settings.embedding_store_mb * 1024 * 1024) if path is not None else None
@@ -128,6 +133,8 @@ class LocalScorer:
         self._cache: LRU[tuple[str, str, bytes], float] = LRU(settings.score_cache_entries)
 
     async def start(self) -> None:
+        if not self._models:  # a pure proxy: no torch at all
+            return
         import torch
 
         torch.set_num_threads(self._settings.threads or os.cpu_count() or 1)
