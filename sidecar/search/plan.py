@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sidecar.config import DEFAULT_MODEL, Rule, ScoringOptions, Settings, Stage
 from sidecar.errors import BadRequest
 from sidecar.search.query_text import find_query_text, usable_text
-from sidecar.search.request import RerankRequest, Source, cut, has_standard_inner, parse_ext, parse_retriever
+from sidecar.search.request import RerankRequest, Source, cut, has_inner_retriever, parse_ext, parse_retriever
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def decide(
     if skip_reason is None and request is None and rule is None:
         skip_reason = "no_rule"
     if skip_reason is None:
-        skip_reason = _unsupported(work, params)
+        skip_reason = _unsupported(work, params, inner=request is not None and request.source == "retriever")
     if skip_reason is not None:
         return skip(skip_reason)
     if request is None:
@@ -170,8 +170,8 @@ def _parse(work: dict[str, Any], ext: Any) -> tuple[RerankRequest | None, str | 
     reranker = retriever.get("text_similarity_reranker") if isinstance(retriever, dict) else None
     if reranker is None:
         return None, None
-    if not has_standard_inner(reranker):
-        return None, "retriever_not_standard"  # a real Elasticsearch may run it natively
+    if not has_inner_retriever(reranker):
+        return None, "retriever_not_ours"  # not a shape we read: the engine says what it makes of it
     request, plain = parse_retriever(reranker, work)
     work.clear()
     work.update(plain)
@@ -273,7 +273,8 @@ def _scoring(rule: Rule | None, overrides: Mapping[str, Any]) -> ScoringOptions:
         raise BadRequest(f"[rerank] invalid [{'.'.join(map(str, err['loc']))}]: {err['msg']}") from e
 
 
-def _unsupported(work: dict[str, Any], params: Mapping[str, str]) -> str | None:
+def _unsupported(work: dict[str, Any], params: Mapping[str, str], *, inner: bool) -> str | None:
+    """Why the page cannot be reranked; ``inner``: the body's retriever is the one our reranker wrapped."""
     if "scroll" in params:
         return "scroll"
     if "filter_path" in params:
@@ -284,7 +285,7 @@ def _unsupported(work: dict[str, Any], params: Mapping[str, str]) -> str | None:
     sort = work.get("sort", params.get("sort"))
     if sort is not None and not _sorts_by_score(sort):
         return "sort"
-    if isinstance(work.get("retriever"), dict):
+    if isinstance(work.get("retriever"), dict) and not inner:
         return "retriever_not_reranker"
     return None
 

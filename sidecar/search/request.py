@@ -119,9 +119,11 @@ class ExtRerank(_Syntax):
 
 
 class TextSimilarityReranker(_Syntax):
-    """``"retriever": {"text_similarity_reranker": {"retriever": {"standard": {...}}, ...}}``."""
+    """``"retriever": {"text_similarity_reranker": {"retriever": {KIND: {...}}, ...}}``: a ``standard`` inner
+    retriever becomes a plain query; any other (``rrf``, ``linear``, ``knn``...) goes to the engine as it is,
+    and the top of what it returns is reranked."""
 
-    retriever: dict[Literal["standard"], dict[str, Any]]
+    retriever: dict[str, dict[str, Any]] = Field(min_length=1, max_length=1)
     field: FieldPath
     inference_text: Text
     rank_window_size: int | None = Field(None, ge=1)
@@ -142,9 +144,13 @@ class TextSimilarityReranker(_Syntax):
         )
 
     def search_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The plain search the inner ``standard`` retriever stands for (its filter joins the query)."""
-        standard = dict(self.retriever["standard"])
+        """The plain search the inner ``standard`` retriever stands for (its filter joins the query); for any
+        other inner retriever, the search with that retriever in place of ours."""
         out = {k: v for k, v in body.items() if k != "retriever"}
+        if "standard" not in self.retriever:
+            out["retriever"] = dict(self.retriever)
+            return out
+        standard = dict(self.retriever["standard"])
         flt = standard.pop("filter", None)
         query = standard.pop("query", {"match_all": {}})
         if flt is not None:
@@ -166,10 +172,10 @@ def parse_retriever(spec: Any, body: dict[str, Any]) -> tuple[RerankRequest, dic
     return reranker.to_request(), reranker.search_body(body)
 
 
-def has_standard_inner(spec: Any) -> bool:
-    """Only a ``standard`` inner retriever is ours; any other (rrf, knn...) goes to the engine as it is."""
+def has_inner_retriever(spec: Any) -> bool:
+    """The reranker wraps one retriever (``{KIND: {...}}``); anything else is the engine's to judge."""
     inner = spec.get("retriever") if isinstance(spec, dict) else None
-    return isinstance(inner, dict) and set(inner) == {"standard"} and isinstance(inner["standard"], dict)
+    return isinstance(inner, dict) and len(inner) == 1 and isinstance(next(iter(inner.values())), dict)
 
 
 def _validate(model: type[M], spec: Any, where: str) -> M:

@@ -8,10 +8,11 @@ import re
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession, web
 
 from sidecar.config import Rule
 from tests.fakes import KeyScorer, key_score
-from tests.servers import Http
+from tests.servers import Http, ThreadServer
 
 WORDS = ["apple", "banana", "cherry", "durian", "elder", "fig", "grape"]
 
@@ -170,20 +171,92 @@ def test_retriever_syntax_reranks_and_carries_standard_keys(corpus: str, make_si
     assert r.headers["X-Rerank"] == "skipped; reason=inference_id_not_ours"
 
 
-def test_non_standard_inner_retriever_goes_to_the_engine_as_is(proxy: Any, corpus: str, http: Http) -> None:
-    body = {
-        "retriever": {
-            "text_similarity_reranker": {
-                "retriever": {"rrf": {"retrievers": []}},
-                "field": "text",
-                "inference_text": "apple",
-            }
+def _retrievers_app(engine: str, seen: list[dict[str, Any]]) -> web.Application:
+    """A protocol double over a real osmem for what osmem lacks: Elasticsearch's ``standard`` and ``rrf``
+    retrievers (each standard retriever a query on osmem, fused by reciprocal rank as Elasticsearch's rrf with
+    ``rank_constant`` 60). It records each search body it gets; everything else goes to osmem as it came."""
+
+    async def run(session: ClientSession, path: str, retriever: dict[str, Any], size: int) -> list[dict[str, Any]]:
+        ((kind, spec),) = retriever.items()
+        if kind == "standard":
+            async with session.post(engine + path, json={"query": spec["query"], "size": size}) as r:
+                return list((await r.json())["hits"]["hits"])
+        assert kind == "rrf", kind
+        window = spec.get("rank_window_size", size)
+        lists = [await run(session, path, sub, window) for sub in spec["retrievers"]]
+        fused: dict[str, float] = {}
+        hits: dict[str, dict[str, Any]] = {}
+        for ranked in lists:
+            for rank, hit in enumerate(ranked):
+                fused[hit["_id"]] = fused.get(hit["_id"], 0.0) + 1 / (60 + rank + 1)
+                hits[hit["_id"]] = hit
+        order = sorted(fused, key=lambda i: (-fused[i], i))[:size]
+        return [{**hits[i], "_score": fused[i]} for i in order]
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with ClientSession() as session:
+            parsed = json.loads(body) if body and request.path.endswith("/_search") else {}
+            if "retriever" not in parsed:
+                async with session.request(
+                    request.method, engine + request.path_qs, data=body, headers={"Content-Type": "application/json"}
+                ) as r:
+                    return web.Response(status=r.status, body=await r.read(), content_type="application/json")
+            seen.append(parsed)
+            size, start = parsed.get("size", 10), parsed.get("from", 0)
+            hits = (await run(session, request.path, parsed["retriever"], start + size))[start:]
+        reply = {"took": 1, "timed_out": False, "hits": {"total": {"value": len(hits), "relation": "eq"}, "hits": hits}}
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def test_a_reranker_over_a_hybrid_retriever_sends_it_unchanged_and_reranks_its_top(
+    corpus: str, make_sidecar: Any, http: Http
+) -> None:
+    inner = {
+        "rrf": {
+            "retrievers": [
+                {"standard": {"query": {"match": {"text": "banana"}}}},
+                {"standard": {"query": {"match": {"text": "cherry"}}}},
+            ],
+            "rank_window_size": 40,
         }
     }
+    body = {
+        "size": 5,
+        "_source": ["text"],
+        "retriever": {
+            "text_similarity_reranker": {
+                "retriever": inner,
+                "field": "text",
+                "inference_text": "grape",
+                "rank_window_size": 30,
+            }
+        },
+    }
+    seen: list[dict[str, Any]] = []
+    with ThreadServer(_retrievers_app(corpus, seen)) as double:
+        proxy = make_sidecar(double.url)
+        r, got = _search(http, proxy.url, body)
+        assert r.status == 200 and _whole_window(r.headers["X-Rerank"]), (r.status, got)
+        assert seen[-1]["retriever"] == inner and seen[-1]["size"] == 30  # the inner retriever, as it came
+        window = json.loads(http("POST", double.url + "/docs/_search", {"retriever": inner, "size": 30}).data)
+    hits = window["hits"]["hits"]
+    order = sorted(range(len(hits)), key=lambda i: (-key_score("grape", hits[i]["_source"]["text"]), i))
+    assert [h["_id"] for h in got["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+
+
+def test_a_reranker_over_a_retriever_we_cannot_read_goes_to_the_engine_as_is(
+    proxy: Any, corpus: str, http: Http
+) -> None:
+    body = {"retriever": {"text_similarity_reranker": {"retriever": "rrf", "field": "text", "inference_text": "apple"}}}
     r, _got = _search(http, proxy.url, body)
     direct = http("POST", corpus + "/docs/_search", body)
     assert (r.status, r.data) == (direct.status, direct.data)
-    assert r.headers["X-Rerank"] == "skipped; reason=retriever_not_standard"
+    assert r.headers["X-Rerank"] == "skipped; reason=retriever_not_ours"
 
 
 @pytest.mark.parametrize(
