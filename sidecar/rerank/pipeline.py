@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from multidict import CIMultiDict
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class SearchCall:
     """One intercepted `_search` or `_msearch`, as the handler read it."""
 
-    kind: Literal["search", "msearch"]
+    kind: Literal["search", "msearch", "template"]
     method: str
     url: URL  # the client's path and query, relative
     indices: tuple[str, ...]  # named by the path
@@ -101,6 +101,8 @@ class RerankPipeline:
     async def run(self, call: SearchCall) -> PassThrough | EngineReply:
         if call.kind == "msearch":
             return await self._msearch(call)
+        if call.kind == "template":
+            return await self._template(call)
         return await self._search(call)
 
     # -- _search -----------------------------------------------------------------------------------------
@@ -111,6 +113,9 @@ class RerankPipeline:
         body = read_object(call.body) if call.parseable else None
         if body is None:
             return PassThrough(None, Outcome.skipped("unparsed_body"))
+        return await self._search_body(call, body)
+
+    async def _search_body(self, call: SearchCall, body: dict[str, Any]) -> PassThrough | EngineReply:
         params = dict(call.url.query)
         if not reply_is_json(params.get("format"), call.headers.get("Accept")):
             return PassThrough(None, _NOT_JSON)  # a reply we could not cut to the page: never widened
@@ -129,6 +134,36 @@ class RerankPipeline:
         outcome = await self._rerank(engine.json, decision.plan)
         _add_took(engine.json, start)
         return _finished(engine, outcome)
+
+    # -- _search/template --------------------------------------------------------------------------------
+
+    async def _template(self, call: SearchCall) -> PassThrough | EngineReply:
+        """Rendered by the engine's `_render/template`, then planned and reranked as the `_search` it stands for;
+        an engine that cannot render it (no templates, a bad one) gets the request untouched and answers it."""
+        if not may_rerank(call.body, self._settings.rules, call.indices):
+            return PassThrough(None, Outcome.skipped("disabled_by_header" if call.opt_out else "no_rule"))
+        template = read_object(call.body) if call.parseable else None
+        if template is None:
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
+        request = {k: v for k, v in template.items() if k in ("id", "source", "params")}
+        body = write_json(request)
+        if body is None:
+            return PassThrough(None, Outcome.skipped("unparsed_body"))
+        headers = CIMultiDict(call.headers)
+        headers.popall("Content-Encoding", None)
+        headers["Content-Type"], headers["Content-Length"] = "application/json", str(len(body))
+        headers["Accept-Encoding"] = "identity"
+        status, _, data = await self._upstream.fetch("POST", "/_render/template", headers, body, retry=True)
+        rendered = read_object(data) if status == 200 else None
+        search = rendered.get("template_output") if rendered is not None else None
+        if not isinstance(search, dict):
+            return PassThrough(None, Outcome.skipped("template_not_rendered"))
+        for key in ("explain", "profile"):  # the template request's own search options
+            if key in template:
+                search[key] = template[key]
+        path = "/" + ",".join(call.indices) + "/_search" if call.indices else "/_search"
+        as_search = replace(call, kind="search", method="POST", url=call.url.with_path(path))
+        return await self._search_body(as_search, search)
 
     def _decide(
         self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool

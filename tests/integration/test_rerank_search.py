@@ -461,3 +461,77 @@ def test_both_official_clients_run_a_reranked_search(corpus: str, make_sidecar: 
     assert [h["_id"] for h in es_hits["hits"]["hits"]] == expected
     es_msearch = Elasticsearch(proxy.url).msearch(searches=[{"index": "docs"}, {"query": {"match": {"text": "apple"}}}])
     assert [h["_id"] for h in es_msearch["responses"][0]["hits"]["hits"]] == expected
+
+
+def _templates_app(engine: str, seen: list[str]) -> web.Application:
+    """A protocol double over a real osmem for what osmem lacks: search templates (stored with
+    ``PUT _scripts/{id}``, inline ``source``), rendered by plain ``{{name}}`` substitution, the one mustache
+    feature these tests use; ``_render/template`` and ``[/{index}]/_search/template`` as Elasticsearch has them.
+    It records the paths it serves; everything else goes to osmem as it came."""
+    scripts: dict[str, Any] = {}
+
+    def render(request_body: dict[str, Any]) -> dict[str, Any]:
+        source = request_body.get("source") or scripts[request_body["id"]]
+        text = source if isinstance(source, str) else json.dumps(source)
+        for name, value in request_body.get("params", {}).items():
+            text = text.replace("{{" + name + "}}", json.dumps(value)[1:-1] if isinstance(value, str) else str(value))
+        return dict(json.loads(text))
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        body = await request.read()
+        if request.path.startswith("/_scripts/"):
+            scripts[request.path.rsplit("/", 1)[1]] = json.loads(body)["script"]["source"]
+            return web.json_response({"acknowledged": True})
+        if request.path == "/_render/template":
+            return web.json_response({"template_output": render(json.loads(body))})
+        path = request.path_qs
+        if request.path.endswith("/_search/template"):
+            path, body = request.path.removesuffix("/template"), json.dumps(render(json.loads(body))).encode()
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method, engine + path, data=body, headers={"Content-Type": "application/json"}
+            ) as r,
+        ):
+            return web.Response(status=r.status, body=await r.read(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_a_search_template_is_rendered_by_the_engine_and_reranked(
+    corpus: str, make_sidecar: Any, http: Http, stored: bool
+) -> None:
+    source = {"query": {"match": {"text": "{{q}}"}}, "size": 5}
+    template: dict[str, Any] = {"params": {"q": "banana"}}
+    seen: list[str] = []
+    with ThreadServer(_templates_app(corpus, seen)) as double:
+        if stored:
+            http("PUT", double.url + "/_scripts/by-text", {"script": {"lang": "mustache", "source": source}})
+            template["id"] = "by-text"
+        else:
+            template["source"] = source
+        proxy = make_sidecar(double.url, rules=(Rule(index="docs", window_size=30),))
+        r = http("POST", proxy.url + "/docs/_search/template", template)
+        got = json.loads(r.data)
+        assert r.status == 200 and _whole_window(r.headers["X-Rerank"]), (r.status, got)
+        assert "/_render/template" in seen and "/docs/_search" in seen  # rendered, then the window as a search
+    _, direct = _search(http, corpus, {"query": {"match": {"text": "banana"}}, "size": 30})
+    hits = direct["hits"]["hits"]
+    order = sorted(range(len(hits)), key=lambda i: (-key_score("banana", hits[i]["_source"]["text"]), i))
+    assert [h["_id"] for h in got["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+
+
+def test_a_search_template_the_engine_cannot_render_goes_to_it_as_is(
+    corpus: str, make_sidecar: Any, http: Http
+) -> None:
+    """osmem has no templates: the request reaches it untouched and its answer comes back as it gave it."""
+    proxy = make_sidecar(corpus, rules=(Rule(index="docs"),))
+    template = {"source": {"query": {"match": {"text": "{{q}}"}}}, "params": {"q": "apple"}}
+    r = http("POST", proxy.url + "/docs/_search/template", template)
+    direct = http("POST", corpus + "/docs/_search/template", template)
+    assert (r.status, r.data) == (direct.status, direct.data)
+    assert r.headers["X-Rerank"] == "skipped; reason=template_not_rendered"
