@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from sidecar.config import Settings
-from sidecar.http import admin
+from sidecar.http import admin, rerank_api
 from sidecar.http.keys import FORWARDER, METRICS, PIPELINE, SETTINGS, UPSTREAM
 from sidecar.http.middleware import errors_middleware
 from sidecar.http.passthrough import Forwarder
@@ -45,5 +45,6 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
 
     app.cleanup_ctx.append(lifecycle)
     admin.add_routes(app)
+    rerank_api.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

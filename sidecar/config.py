@@ -160,7 +160,17 @@ class Settings(BaseSettings):
     upstream_basic_auth: SecretStr | None = Field(
         None, description="the tools' own requests to the engine (warm): USER:PASSWORD for basic auth; never logged"
     )
-    admin_token: SecretStr | None = Field(None, description="if set, /_sidecar/* except health needs this bearer")
+    admin_token: SecretStr | None = Field(
+        None, description="if set, /_sidecar/* except health and the rerank API needs this bearer"
+    )
+    rerank_api_keys: tuple[SecretStr, ...] = Field(
+        (),
+        description="keys of the rerank API (/_sidecar/v2/rerank, /_sidecar/rerank): a caller sends one as "
+        "Authorization: Bearer KEY; unset: the API answers loopback callers only (others get 403); never logged",
+    )
+    max_rerank_documents: int = Field(
+        1000, ge=1, description="most documents (texts) one rerank API request may send; keep it <= max_search_pairs"
+    )
     upstream_verify: bool = Field(True, description="verify an https upstream's certificate and host name")
     upstream_ca_file: str | None = Field(None, description="CA bundle for an https upstream (default: system CAs)")
     upstream_client_cert: str | None = Field(None, description="client certificate (PEM) for an https upstream")
@@ -240,6 +250,16 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return value
+
+    @field_validator("rerank_api_keys")
+    @classmethod
+    def _usable_keys(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        """A key is sent as ``Bearer KEY``: an empty one, or one with spaces around it, could never be sent."""
+        for key in value:
+            secret = key.get_secret_value()
+            if not secret or secret != secret.strip(" \t") or any(c in secret for c in "\r\n"):
+                raise ValueError("each key must be non-empty, without surrounding spaces or line breaks")
         return value
 
     @property

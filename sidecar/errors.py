@@ -32,6 +32,10 @@ class ParsingError(BadRequest):
     type = "parsing_exception"
 
 
+class UnknownModel(BadRequest):
+    """A request names a model that is not one of ours (the rerank API answers it in its own shape)."""
+
+
 class PayloadTooLarge(SidecarError):
     status = 413
     type = "content_too_long_exception"

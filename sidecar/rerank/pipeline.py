@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.config import Settings
+from sidecar.config import ScoringOptions, Settings
 from sidecar.encoding import accepts_gzip, decode
-from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests
+from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests, UnknownModel
 from sidecar.headers import client_response_headers, reply_is_json, vendor_media_type
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
@@ -349,6 +349,21 @@ class RerankPipeline:
             s = self._settings
             self._breakers[model] = CircuitBreaker(s.breaker_failures, s.breaker_cooldown_s)
         return self._breakers[model]
+
+    # -- the rerank API ----------------------------------------------------------------------------------
+
+    async def score_texts(self, model: str, query: str, texts: Sequence[str]) -> list[float]:
+        """One score per text, in order (the rerank API): the model's queue, caches and breaker, within
+        ``rerank_timeout_ms``, as a search's. ``UnknownModel`` for a model that is not ours; ``ScoringFailed``
+        when not every text was scored (one search's share of the model is bounded: ``max_search_pairs``)."""
+        if not self._scorer.has_model(model):
+            raise UnknownModel(f"no model named [{model}]")
+        timeout_s = self._settings.rerank_timeout_ms / 1000
+        plan = Plan(query, (), len(texts), 0, len(texts), model, ScoringOptions(), timeout_s=timeout_s)
+        scores = await self._score([[t] for t in texts], plan, model, None)
+        if len(scores) < len(texts):
+            raise ScoringTimeout(f"{len(scores)} of {len(texts)} texts scored within the model's share of the deadline")
+        return scores
 
 
 _NOT_JSON = Outcome.skipped("reply_not_json")
