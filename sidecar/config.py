@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="if set, /_sidecar/* except health and the rerank API needs this bearer"
     )
+    async_search_key: SecretStr | None = Field(
+        None,
+        description="key that signs the async search ids the sidecar hands out (they carry the rerank plan): give "
+        "every replica the same one so that a poll on any of them is reranked; unset: a random key per process "
+        "(a poll that reaches another process is cut to its page, not reranked); never logged",
+    )
     rerank_api_keys: tuple[SecretStr, ...] = Field(
         (),
         description="keys of the rerank API (/_sidecar/v2/rerank, /_sidecar/rerank): a caller sends one as "

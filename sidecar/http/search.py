@@ -38,6 +38,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         headers=forwarder.upstream_headers(request),
         reply_compat=forwarder.reply_compat(request),
         opt_out=opt_out,
+        async_id=route.async_id,
     )
     result = await pipeline.run(call)
     if isinstance(result, PassThrough):

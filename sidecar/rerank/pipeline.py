@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+from urllib.parse import quote
 
 from multidict import CIMultiDict
 from yarl import URL
 
 from sidecar.config import ScoringOptions, Settings
 from sidecar.encoding import accepts_gzip, decode
-from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests, UnknownModel
+from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests, UnknownModel, UpstreamUnavailable
 from sidecar.headers import client_response_headers, reply_is_json, vendor_media_type
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
 from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
+from sidecar.search import async_ids
 from sidecar.search.body import read_object, write_json
 from sidecar.search.hits import engine_page, hit_texts, splice
 from sidecar.search.ndjson import dump_msearch, item_indices, parse_msearch
 from sidecar.search.plan import Decision, Plan, decide, may_rerank
+from sidecar.search.request import cut
 from sidecar.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,7 @@ log = logging.getLogger(__name__)
 class SearchCall:
     """One intercepted `_search` or `_msearch`, as the handler read it."""
 
-    kind: Literal["search", "msearch", "template"]
+    kind: Literal["search", "msearch", "template", "async_submit", "async_get", "async_status", "async_delete"]
     method: str
     url: URL  # the client's path and query, relative
     indices: tuple[str, ...]  # named by the path
@@ -48,6 +52,7 @@ class SearchCall:
     headers: CIMultiDict[str]  # for the engine: hop-by-hop removed, Host and X-Forwarded-* set
     reply_compat: str | None  # the vendor media type version to put back on the reply's Content-Type
     opt_out: bool  # X-Rerank: off
+    async_id: str = ""  # the async search a poll, status or delete names (ours, or the engine's)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class RerankPipeline:
         self._scorer = scorer
         self._metrics = metrics
         self._breakers: dict[str, CircuitBreaker] = {}
+        key = settings.async_search_key
+        self._async_key = key.get_secret_value().encode() if key is not None else secrets.token_bytes(32)
 
     async def start(self) -> None:
         await self._scorer.start()
@@ -103,7 +110,9 @@ class RerankPipeline:
             return await self._msearch(call)
         if call.kind == "template":
             return await self._template(call)
-        return await self._search(call)
+        if call.kind in ("async_get", "async_status", "async_delete"):
+            return await self._async_poll(call)
+        return await self._search(call)  # a _search, or an _async_search submit
 
     # -- _search -----------------------------------------------------------------------------------------
 
@@ -131,9 +140,55 @@ class RerankPipeline:
             return PassThrough(None, _NOT_JSON)  # the window came back unreadable: ask again, as the client did
         if engine.json is None or engine.status != 200:
             return _as_sent(engine)
+        if call.kind == "async_submit":
+            return _finished(engine, await self._async_reply(engine.json, decision.plan))
         outcome = await self._rerank(engine.json, decision.plan)
         _add_took(engine.json, start)
         return _finished(engine, outcome)
+
+    # -- _async_search ---------------------------------------------------------------------------------
+
+    async def _async_reply(self, envelope: dict[str, Any], plan: Plan) -> Outcome:
+        """An async search's reply: its id becomes ours (carrying the plan), a complete response is reranked,
+        a running or partial one is cut to the client's page in the engine's order (its progress stays true)."""
+        if isinstance(envelope.get("id"), str):
+            envelope["id"] = async_ids.wrap(envelope["id"], plan, self._async_key)
+        response = envelope.get("response")
+        if not isinstance(response, dict):
+            return Outcome.skipped("async_no_response")
+        if envelope.get("is_running") or envelope.get("is_partial"):
+            engine_page(response, plan)
+            return Outcome.skipped("async_partial")
+        return await self._rerank(response, plan)
+
+    async def _async_poll(self, call: SearchCall) -> PassThrough | EngineReply:
+        """A poll, status or delete of an async search: an id of ours is unwrapped for the engine, and a poll
+        that completes is reranked with the plan the id carries, by whichever replica it reaches."""
+        if not async_ids.is_ours(call.async_id):
+            return PassThrough(None, Outcome.skipped("async_not_ours"))  # the engine's own id: as it came
+        try:
+            ours = async_ids.unwrap(call.async_id, self._async_key)
+        except async_ids.InvalidId as e:
+            raise BadRequest(f"invalid async search id [{cut(call.async_id)}]") from e
+        if not reply_is_json(call.url.query.get("format"), call.headers.get("Accept")):
+            raise BadRequest("an async search submitted through the rerank sidecar is read back as JSON only")
+        sub = "status/" if call.kind == "async_status" else ""
+        path = f"/_async_search/{sub}{quote(ours.engine_id, safe='')}"
+        engine = await self._fetch(replace(call, url=call.url.with_path(path, encoded=True)), b"", ())
+        if engine.status == 200 and engine.json is None:
+            raise UpstreamUnavailable("the engine's async search reply could not be read")
+        if engine.json is None or engine.status != 200:
+            return _as_sent(engine)
+        if call.kind != "async_get" or not ours.verified:  # a forged or foreign id: cut to its page, never trusted
+            if isinstance(engine.json.get("id"), str):
+                engine.json["id"] = call.async_id
+            response = engine.json.get("response")
+            if isinstance(response, dict):
+                engine_page(response, ours.plan)
+            return _finished(
+                engine, Outcome.skipped("async_status" if call.kind != "async_get" else "async_unverified")
+            )
+        return _finished(engine, await self._async_reply(engine.json, ours.plan))
 
     # -- _search/template --------------------------------------------------------------------------------
 

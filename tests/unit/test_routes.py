@@ -20,6 +20,11 @@ from sidecar.search.routes import SearchRoute, search_route
         ("POST", "/a,b/_search", SearchRoute("search", ("a", "b"))),
         ("POST", "/a,,b,/_search", SearchRoute("search", ("a", "b"))),
         ("POST", "/_search/template", SearchRoute("template", ())),
+        ("POST", "/_async_search", SearchRoute("async_submit", ())),
+        ("POST", "/logs-*/_async_search", SearchRoute("async_submit", ("logs-*",))),
+        ("GET", "/_async_search/FmRl", SearchRoute("async_get", (), "FmRl")),
+        ("GET", "/_async_search/status/FmRl", SearchRoute("async_status", (), "FmRl")),
+        ("DELETE", "/_async_search/rsc1.a.b", SearchRoute("async_delete", (), "rsc1.a.b")),
         ("GET", "/docs,logs/_search/template", SearchRoute("template", ("docs", "logs"))),
         ("POST", "/a%2Cb/_search", SearchRoute("search", ("a", "b"))),  # the comma percent-encoded
         ("POST", "/logs-*,-logs-old/_search", SearchRoute("search", ("logs-*", "-logs-old"))),
@@ -45,8 +50,11 @@ def test_searches(method: str, path: str, expected: SearchRoute) -> None:
         ("PUT", "/docs/_search/template"),
         ("POST", "/_cat/_search/template"),
         ("POST", "/docs/_search_shards"),
-        ("POST", "/_async_search"),
-        ("POST", "/docs/_async_search"),
+        ("GET", "/docs/_async_search"),
+        ("POST", "/_async_search/abc"),
+        ("PUT", "/_async_search/abc"),
+        ("GET", "/_async_search/"),
+        ("DELETE", "/_async_search/status/abc"),
         ("POST", "/docs/_count"),
         ("POST", "/docs/_doc/_search"),  # a document whose id is _search
         ("POST", "/a/b/_search"),  # typed search: gone from the engines
