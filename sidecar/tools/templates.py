@@ -1,11 +1,20 @@
-"""`es_templates/`: read the folder and install it into an engine, idempotently, reporting what changed."""
+"""`es_templates/`: read the folder and install it into an engine, idempotently, reporting what changed.
+
+Besides the index side (component, index and search templates), the folder holds the engines' own rerank features
+pointed at the sidecar's rerank API: an Elasticsearch `_inference` rerank endpoint (the `custom` service), and for
+OpenSearch an ml-commons connector, the remote model on it and a search pipeline with the `rerank` processor.
+Their files hold placeholders, `{{name}}`, filled in as they are installed: `sidecar_url` and `rerank_api_key`
+from the caller, `connector_id` and `model_id` from the objects installed before them.
+"""
 
 from __future__ import annotations
 
 import importlib.resources
 import json
 import os
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +26,30 @@ _KINDS = {
     "component_templates": ("/_component_template/", "component_templates", "component_template"),
     "index_templates": ("/_index_template/", "index_templates", "index_template"),
     "search_templates": ("/_scripts/", None, "script"),
+    "inference_endpoints": ("/_inference/rerank/", "endpoints", None),  # Elasticsearch 8.19 / 9.1+
+    "ml_connectors": ("/_plugins/_ml/connectors/", None, None),  # OpenSearch ml-commons, found by name
+    "ml_models": ("/_plugins/_ml/models/", None, None),
+    "search_pipelines": ("/_search/pipeline/", None, None),  # OpenSearch
 }
-_ORDER = ("component_templates", "index_templates", "search_templates")  # an index template needs its components
+# An index template needs its components; a model its connector; a pipeline its model.
+_ORDER = (
+    "component_templates",
+    "index_templates",
+    "search_templates",
+    "inference_endpoints",
+    "ml_connectors",
+    "ml_models",
+    "search_pipelines",
+)
+
+# `{{name}}` in a template's strings. The caller gives the first two; `apply` learns the others as it goes.
+# Any other `{{...}}` (the search template's mustache) is the engine's and stays as it is.
+PLACEHOLDERS = ("sidecar_url", "rerank_api_key")
+_LEARNED = ("connector_id", "model_id")
+_PLACEHOLDER = re.compile(r"\{\{(" + "|".join(PLACEHOLDERS + _LEARNED) + r")\}\}")
+# Secrets the engine stores but never returns: left out when comparing with what it holds.
+_SECRETS = ("secret_parameters", "credential")
+_TASK_WAIT_S = 60.0
 
 
 def default_dir() -> Path:
@@ -42,6 +73,10 @@ class Template:
     def path(self) -> str:
         return _KINDS[self.kind][0] + self.name
 
+    def path_for(self, object_id: str) -> str:
+        """The path of the engine's object by its generated id (ml-commons names are not ids)."""
+        return _KINDS[self.kind][0] + object_id
+
 
 def load(folder: Path) -> list[Template]:
     out = []
@@ -57,24 +92,60 @@ def load(folder: Path) -> list[Template]:
     return out
 
 
-def apply(client: EngineClient, templates: list[Template]) -> Iterator[tuple[Template, str]]:
-    """Install each template unless the engine already holds the same; yields (template, outcome)."""
+def placeholders(body: Any) -> set[str]:
+    """The `{{name}}` placeholders a template body holds (only the documented ones)."""
+    if isinstance(body, dict):
+        return set().union(*(placeholders(v) for v in body.values()))
+    if isinstance(body, list):
+        return set().union(*(placeholders(v) for v in body))
+    return set(_PLACEHOLDER.findall(body)) if isinstance(body, str) else set()
+
+
+def render(body: Any, values: Mapping[str, str]) -> Any:
+    """``body`` with each placeholder that has a value replaced by it (in parsed JSON: a value needs no escaping);
+    one without a value stays as it is."""
+    if isinstance(body, dict):
+        return {k: render(v, values) for k, v in body.items()}
+    if isinstance(body, list):
+        return [render(v, values) for v in body]
+    if isinstance(body, str):
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), body)
+    return body
+
+
+def apply(
+    client: EngineClient, templates: list[Template], values: Mapping[str, str] | None = None
+) -> Iterator[tuple[Template, str]]:
+    """Install each template unless the engine already holds the same; yields (template, outcome): created,
+    updated, unchanged, unsupported (the engine has no such API), or skipped (a placeholder has no value: the
+    caller gave no sidecar URL or key, or what it needs was not installed)."""
+    known = {k: v for k, v in (values or {}).items() if v}
     for t in templates:
-        current = _current(client, t)
-        if current is _UNSUPPORTED:
-            yield t, "unsupported"
-            continue
-        if current is not None and _contains(_flat(current), _flat(t.body)):
-            yield t, "unchanged"
-            continue
-        try:
-            client.request("PUT", t.path, t.body)
-        except EngineError as e:
-            if e.status in (400, 404, 405) and "no handler" in json.dumps(e.body):
-                yield t, "unsupported"
-                continue
-            raise
-        yield t, "created" if current is None else "updated"
+        yield t, _apply_one(client, t, known)
+
+
+def _apply_one(client: EngineClient, t: Template, known: dict[str, str]) -> str:
+    if t.kind == "ml_connectors":
+        return _apply_connector(client, t, known)
+    if t.kind == "ml_models":
+        return _apply_model(client, t, known)
+    current = _current(client, t)
+    if current is _UNSUPPORTED:
+        return "unsupported"
+    if not placeholders(t.body) <= known.keys():
+        return "skipped"
+    body = render(t.body, known)
+    if current is not None and _contains(_flat(current), _flat(_public(body))):
+        return "unchanged"
+    if current is not None and t.kind == "inference_endpoints":
+        client.request("DELETE", t.path)  # an endpoint's settings are not updatable in place (only its secrets)
+    try:
+        client.request("PUT", t.path, body)
+    except EngineError as e:
+        if e.status in (400, 404, 405) and _no_handler(e.body):
+            return "unsupported"
+        raise
+    return "created" if current is None else "updated"
 
 
 _UNSUPPORTED: dict[str, Any] = {}
@@ -83,16 +154,104 @@ _UNSUPPORTED: dict[str, Any] = {}
 def _current(client: EngineClient, t: Template) -> dict[str, Any] | None:
     reply = client.request("GET", t.path, ok=(400, 404, 405))
     if not isinstance(reply, dict) or _is_error(reply):
-        text = json.dumps(reply)
-        return _UNSUPPORTED if "no handler" in text else None
+        return _UNSUPPORTED if _no_handler(reply) else None
     _, list_key, body_key = _KINDS[t.kind]
+    if t.kind == "search_pipelines":  # GET _search/pipeline/<id> -> {"<id>": {...}}
+        pipeline: dict[str, Any] | None = reply.get(t.name)
+        return pipeline
     if list_key is None:  # GET _scripts/<id> -> {"_id", "found", "script": {...}}
         return {"script": reply["script"]} if reply.get("found") else None
     for entry in reply.get(list_key, []):
-        if entry.get("name") == t.name:
-            body: dict[str, Any] = entry[body_key]
+        if entry.get("name", entry.get("inference_id")) == t.name:
+            body: dict[str, Any] = entry[body_key] if body_key else entry
             return body
     return None
+
+
+# -- OpenSearch ml-commons: objects with generated ids, found by name --------------------------------------
+
+
+def _apply_connector(client: EngineClient, t: Template, known: dict[str, str]) -> str:
+    """Create the connector, or update it in place (its id, and so the model on it, stays); learns connector_id."""
+    found = _find_by_name(client, "/_plugins/_ml/connectors/_search", t.name)
+    if found is _UNSUPPORTED:
+        return "unsupported"
+    if not placeholders(t.body) <= known.keys():
+        return "skipped"
+    body = render(t.body, known)
+    if found is None:
+        known["connector_id"] = client.request("POST", "/_plugins/_ml/connectors/_create", body)["connector_id"]
+        return "created"
+    known["connector_id"] = found["_id"]
+    if _contains(_flat(found["_source"]), _flat(_public(body))):
+        return "unchanged"
+    client.request("PUT", t.path_for(found["_id"]), body)  # refused while a model on it is deployed: undeploy it
+    return "updated"
+
+
+def _apply_model(client: EngineClient, t: Template, known: dict[str, str]) -> str:
+    """Register and deploy the remote model on the connector (or deploy it again); learns model_id."""
+    query = {
+        "bool": {"must": [{"term": {"name.keyword": t.name}}], "must_not": [{"exists": {"field": "chunk_number"}}]}
+    }
+    found = _find_by_name(client, "/_plugins/_ml/models/_search", t.name, query)
+    if found is _UNSUPPORTED:
+        return "unsupported"
+    if not placeholders(t.body) <= known.keys():
+        return "skipped"
+    body = render(t.body, known)
+    if found is None:
+        reply = client.request("POST", "/_plugins/_ml/models/_register?deploy=true", body)
+        known["model_id"] = reply.get("model_id") or _task_model_id(client, reply["task_id"])
+        return "created"
+    model_id = known["model_id"] = found["_id"]
+    source = found["_source"]
+    if source.get("connector_id") != body["connector_id"]:
+        client.request("PUT", t.path_for(model_id), {"connector_id": body["connector_id"]})
+    elif source.get("model_state") == "DEPLOYED":
+        return "unchanged"
+    client.request("POST", t.path_for(model_id) + "/_deploy")
+    return "updated"
+
+
+def _find_by_name(
+    client: EngineClient, path: str, name: str, query: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The first hit named ``name`` (``_id`` and ``_source``), None, or _UNSUPPORTED where the API is missing."""
+    search = {"query": query or {"term": {"name.keyword": name}}, "size": 1}
+    reply = client.request("POST", path, search, ok=(400, 404, 405))
+    if not isinstance(reply, dict) or _is_error(reply):  # 404: ml-commons has not created its index yet
+        return _UNSUPPORTED if _no_handler(reply) else None
+    hits: list[dict[str, Any]] = reply.get("hits", {}).get("hits", [])
+    return hits[0] if hits else None
+
+
+def _task_model_id(client: EngineClient, task_id: str) -> str:
+    """Older ml-commons answer a registration with a task only: wait for it to name the model."""
+    deadline = time.monotonic() + _TASK_WAIT_S
+    while True:
+        task = client.request("GET", f"/_plugins/_ml/tasks/{task_id}")
+        if task.get("model_id"):
+            return str(task["model_id"])
+        if task.get("state") == "FAILED" or time.monotonic() > deadline:
+            raise EngineError("GET", f"/_plugins/_ml/tasks/{task_id}", 200, {"error": task})
+        time.sleep(0.5)
+
+
+def _public(body: Any) -> Any:
+    """``body`` without the secrets an engine keeps to itself (it never returns them to compare with)."""
+    if isinstance(body, dict):
+        return {k: _public(v) for k, v in body.items() if k not in _SECRETS}
+    if isinstance(body, list):
+        return [_public(v) for v in body]
+    return body
+
+
+def _no_handler(reply: Any) -> bool:
+    """The engine has no such API: "no handler found for uri" (both engines and osmem), or a path that exists
+    for other methods only ("Incorrect HTTP method")."""
+    text = json.dumps(reply)
+    return "no handler" in text or "Incorrect HTTP method" in text
 
 
 def _is_error(reply: dict[str, Any]) -> bool:

@@ -21,6 +21,10 @@ TEMPLATES = {
     "/_component_template/rerank-sidecar-passages",
     "/_index_template/rerank-sidecar-passages",
     "/_scripts/rerank-sidecar-bm25",
+    "/_inference/rerank/rerank-sidecar",
+    "/_plugins/_ml/connectors/rerank-sidecar",
+    "/_plugins/_ml/models/rerank-sidecar",
+    "/_search/pipeline/rerank-sidecar",
 }
 
 

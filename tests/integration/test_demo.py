@@ -66,9 +66,20 @@ def test_templates_apply_through_the_sidecar_idempotently(
     assert "created      /_component_template/rerank-sidecar-english" in first
     assert "created      /_index_template/rerank-sidecar-passages" in first
     assert "unsupported  /_scripts/rerank-sidecar-bm25" in first  # osmem has no stored search templates
+    # nor _inference (Elasticsearch's) or ml-commons and search pipelines (OpenSearch's): reported, not failed
+    assert "unsupported  /_inference/rerank/rerank-sidecar" in first
+    assert "unsupported  /_plugins/_ml/connectors/rerank-sidecar" in first
+    assert "unsupported  /_plugins/_ml/models/rerank-sidecar" in first
+    assert "unsupported  /_search/pipeline/rerank-sidecar" in first
     assert main(["templates", "apply", "--target", proxy.url]) == 0
     second = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert second == ["unchanged", "unchanged", "unchanged", "unsupported"]
+    assert second == ["unchanged", "unchanged", "unchanged"] + ["unsupported"] * 5
+
+    # with the sidecar's URL and a key, the native items are still unsupported on osmem, and nothing fails
+    native = ["--sidecar-url", proxy.url, "--rerank-api-key", "k-test"]
+    assert main(["templates", "apply", "--target", proxy.url, *native]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == second and "skipped" not in err
 
     assert http("PUT", engine + "/passages-test").status == 200
     mapping = json.loads(http("GET", engine + "/passages-test/_mapping").data)
