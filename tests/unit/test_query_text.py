@@ -186,3 +186,91 @@ def test_property_a_path_built_into_a_document_resolves_to_its_value(case: tuple
     doc, path, leaf = case
     if path:
         assert resolve_path(doc, path) == leaf
+
+
+# The bodies Kibana and OpenSearch Dashboards build from their query bars (their search source: KQL/DQL free text
+# compiles to multi_match best_fields lenient; Lucene syntax to query_string), next to the time range filter.
+_RANGE = {
+    "range": {"@timestamp": {"gte": "2026-11-30T00:00:00.000Z", "lte": "now", "format": "strict_date_optional_time"}}
+}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (  # Kibana 8/9 Discover, KQL free text
+            {
+                "bool": {
+                    "must": [],
+                    "filter": [{"multi_match": {"type": "best_fields", "query": "disk full", "lenient": True}}, _RANGE],
+                    "should": [],
+                    "must_not": [],
+                }
+            },
+            "disk full",
+        ),
+        (  # Kibana, KQL with a field and free text: the field clause is a match in a nested bool
+            {
+                "bool": {
+                    "filter": [
+                        {
+                            "bool": {
+                                "filter": [
+                                    {
+                                        "bool": {
+                                            "should": [{"match": {"host.name": "web-1"}}],
+                                            "minimum_should_match": 1,
+                                        }
+                                    },
+                                    {"multi_match": {"type": "best_fields", "query": "timeout", "lenient": True}},
+                                ]
+                            }
+                        },
+                        _RANGE,
+                    ]
+                }
+            },
+            "web-1",
+        ),
+        (  # Kibana, Lucene syntax
+            {
+                "bool": {
+                    "must": [],
+                    "filter": [
+                        {"query_string": {"query": "error AND payment", "analyze_wildcard": True, "time_zone": "UTC"}},
+                        _RANGE,
+                    ],
+                }
+            },
+            "error AND payment",
+        ),
+        (  # OpenSearch Dashboards, DQL
+            {
+                "bool": {
+                    "must": [],
+                    "filter": [
+                        {"match_all": {}},
+                        {"multi_match": {"type": "best_fields", "query": "checkout", "lenient": True}},
+                        _RANGE,
+                    ],
+                    "should": [],
+                    "must_not": [],
+                }
+            },
+            "checkout",
+        ),
+        (  # OpenSearch Dashboards, Lucene syntax in must
+            {
+                "bool": {
+                    "must": [{"query_string": {"query": "slow query", "analyze_wildcard": True, "time_zone": "UTC"}}],
+                    "filter": [{"match_all": {}}, _RANGE],
+                    "should": [],
+                    "must_not": [],
+                }
+            },
+            "slow query",
+        ),
+    ],
+)
+def test_the_query_bars_of_kibana_and_dashboards(query: dict[str, Any], expected: str) -> None:
+    assert find_query_text(query) == expected
