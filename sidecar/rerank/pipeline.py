@@ -218,7 +218,10 @@ class RerankPipeline:
                 search[key] = template[key]
         path = "/" + ",".join(call.indices) + "/_search" if call.indices else "/_search"
         as_search = replace(call, kind="search", method="POST", url=call.url.with_path(path))
-        return await self._search_body(as_search, search)
+        result = await self._search_body(as_search, search)
+        if isinstance(result, PassThrough):  # not reranked: the template request itself goes, as the client sent it
+            return PassThrough(None, result.outcome)
+        return result
 
     def _decide(
         self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool

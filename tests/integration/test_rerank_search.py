@@ -535,3 +535,25 @@ def test_a_search_template_the_engine_cannot_render_goes_to_it_as_is(
     direct = http("POST", corpus + "/docs/_search/template", template)
     assert (r.status, r.data) == (direct.status, direct.data)
     assert r.headers["X-Rerank"] == "skipped; reason=template_not_rendered"
+
+
+def test_a_search_template_that_is_not_reranked_reaches_the_engine_as_sent(
+    corpus: str, make_sidecar: Any, http: Http
+) -> None:
+    """Rendered to a search the sidecar does not rerank (sorted by a field; or with ext.rerank and X-Rerank: off):
+    the template request goes on as the client sent it, never the rendered body to the template API."""
+    seen: list[str] = []
+    with ThreadServer(_templates_app(corpus, seen)) as double:
+        proxy = make_sidecar(double.url, rules=(Rule(index="docs"),))
+        for source, headers in (
+            ({"query": {"match": {"text": "{{q}}"}}, "sort": [{"n": "asc"}], "size": 3}, {}),
+            (
+                {"query": {"match": {"text": "{{q}}"}}, "ext": {"rerank": {"query_context": {"query_text": "x"}}}},
+                {"X-Rerank": "off"},
+            ),
+        ):
+            template = {"source": source, "params": {"q": "banana"}}
+            r = http("POST", proxy.url + "/docs/_search/template", template, headers=headers)
+            direct = http("POST", double.url + "/docs/_search/template", template)
+            assert (r.status, r.data) == (direct.status, direct.data), r.data[:200]
+            assert r.headers["X-Rerank"].startswith("skipped"), r.headers["X-Rerank"]
