@@ -161,7 +161,9 @@ class Settings(BaseSettings):
         None, description="the tools' own requests to the engine (warm): USER:PASSWORD for basic auth; never logged"
     )
     admin_token: SecretStr | None = Field(
-        None, description="if set, /_sidecar/* except health and the rerank API needs this bearer"
+        None,
+        description="if set, /_sidecar/* except health and the rerank API needs this bearer; a probe of ready "
+        "without it gets the bare verdict (200 ready or 503 not ready), the details need it",
     )
     async_search_key: SecretStr | None = Field(
         None,

@@ -25,7 +25,7 @@ from sidecar.config import Rule, Settings
 from sidecar.http.keys import METRICS
 from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher
-from sidecar.tools.launch import serve_process
+from sidecar.tools.launch import free_port, serve_process
 from tests.fakes import KeyScorer, key_score
 from tests.servers import Http, SidecarThread, ThreadServer, peak_rss_kb, rss_kb
 
@@ -183,6 +183,43 @@ def test_the_right_token_in_utf8_passes_and_only_it(guarded: SidecarThread) -> N
     assert _parse(_exchange(guarded.port, _request("GET", "/_sidecar/metrics", headers=twice)))[0] == 401
     assert _parse(_exchange(guarded.port, _request("GET", "/_sidecar/metrics")))[0] == 401
     assert _parse(_exchange(guarded.port, _request("GET", "/_sidecar/health")))[0] == 200  # health needs none
+
+
+def _json_reply(port: int, path: str, *headers: tuple[bytes, bytes]) -> tuple[int, Any]:
+    status, _, body = _parse(_exchange(port, _request("GET", path, headers=headers)))
+    return status, json.loads(body)
+
+
+ADMIN = (b"Authorization", b"Bearer " + TOKEN.encode())
+
+
+def test_a_probe_without_the_token_gets_the_bare_verdict(guarded: SidecarThread) -> None:
+    """Kubernetes' probes send no Authorization header: ready and health answer them, with no details; the
+    upstream and the models are for the token's holder. Metrics still need the token."""
+    assert _json_reply(guarded.port, "/_sidecar/ready") == (200, {"status": "ready"})
+    assert _json_reply(guarded.port, "/_sidecar/health") == (200, {"status": "ok"})
+    status, detail = _json_reply(guarded.port, "/_sidecar/ready", ADMIN)
+    assert status == 200 and detail["status"] == "ready"
+    assert detail["upstream"]["status"] == 200 and set(detail["models"]) == {"default"}
+    assert _json_reply(guarded.port, "/_sidecar/metrics")[0] == 401
+
+
+def test_a_probe_of_a_sidecar_that_is_not_ready_gets_503_without_why() -> None:
+    """Not ready (the engine is down): a probe gets 503 in the engine's error format, reason `not ready`; the
+    token's holder gets why."""
+    server = SidecarThread(
+        Settings(upstream=f"http://127.0.0.1:{free_port()}", admin_token=TOKEN, retry_deadline_s=0.3),
+        scorer=KeyScorer(),
+    ).start()
+    try:
+        status, probe = _json_reply(server.port, "/_sidecar/ready")
+        assert (status, probe["status"], probe["error"]["type"]) == (503, 503, "not_ready_exception")
+        assert probe["error"]["reason"] == "not ready" and "127.0.0.1" not in json.dumps(probe)
+        status, detail = _json_reply(server.port, "/_sidecar/ready", ADMIN)
+        assert status == 503 and detail["error"]["reason"].startswith("upstream not reachable")
+        assert _json_reply(server.port, "/_sidecar/health") == (200, {"status": "ok"})  # liveness: still alive
+    finally:
+        server.stop()
 
 
 # -- 6. a gzip bomb ---------------------------------------------------------------------------------------
