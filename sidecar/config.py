@@ -85,6 +85,12 @@ class Rule(ScoringOptions):
         description="a cascade, e.g. a bi-encoder on 100 then a cross-encoder on its top 20; the first stage's "
         "window_size is the window; the budget covers the whole cascade",
     )
+    mode: Literal["rerank", "shadow"] = Field(
+        "rerank",
+        description="shadow: serve the engine's order untouched, and rerank a sample afterwards with the model's "
+        "idle time only, to measure what reranking would change (sidecar_shadow_* metrics)",
+    )
+    shadow_sample: float = Field(1.0, ge=0, le=1, description="with mode shadow: the share of searches shadowed")
 
     @field_validator("stages")
     @classmethod
@@ -216,6 +222,9 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(0.0, ge=0, description="how long a batch waits for more requests' pairs")
     queue_pairs: int = Field(20000, ge=1, description="max pairs waiting for the model")
+    shadow_pending: int = Field(
+        4, ge=0, description="shadow reranks under way at once; a shadowed search beyond them is dropped and counted"
+    )
     max_search_pairs: int = Field(
         2000,
         ge=1,

@@ -64,6 +64,32 @@ class Metrics:
         )
         self.circuit_open = Gauge("sidecar_circuit_open", "1 while a model's circuit is open", ["model"], registry=r)
         self.rerank = Counter("sidecar_rerank", "Searches by rerank outcome", ["outcome", "reason"], registry=r)
+        self.shadow = Counter("sidecar_shadow", "Shadowed searches: done, dropped, failed", ["result"], registry=r)
+        self.shadow_overlap = Histogram(
+            "sidecar_shadow_overlap_at_10",
+            "Shadow mode: share of the engine's top 10 still in the reranked top 10",
+            buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.shadow_top_rank = Histogram(
+            "sidecar_shadow_top_hit_rank",
+            "Shadow mode: where the engine's top hit lands after reranking (1: it stays first)",
+            buckets=(1, 2, 3, 5, 10, 20, 50, 100),
+            registry=r,
+        )
+        self.shadow_tau = Histogram(
+            "sidecar_shadow_kendall_tau",
+            "Shadow mode: Kendall's tau between the engine's and the reranked order of the window",
+            buckets=(-1.0, -0.5, 0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.shadow_seconds = Histogram(
+            "sidecar_shadow_seconds",
+            "Shadow mode: the window's fetch and model time (at idle priority: an upper bound of what serving "
+            "reranked would add)",
+            buckets=_LATENCY,
+            registry=r,
+        )
 
     def record(self, outcome: Outcome) -> None:
         """A search's outcome (each reranked item of an _msearch counts as one search)."""

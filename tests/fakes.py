@@ -22,6 +22,7 @@ class KeyScorer:
         self.fail = fail
         self.hang = hang
         self.calls: list[tuple[str, str, int]] = []
+        self.tiers: list[int] = []
 
     async def start(self) -> None:
         pass
@@ -36,9 +37,10 @@ class KeyScorer:
         return {m: {"state": "ready"} for m in self.models}
 
     async def scores(
-        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
         self.calls.append((model, query, len(texts)))
+        self.tiers.append(tier)
         if self.hang:
             await asyncio.sleep(self.hang)
         if self.fail:

@@ -70,9 +70,15 @@ async def _read(request: web.Request) -> tuple[bytes, bytes | None]:
 async def _pass(request: web.Request, raw: bytes, result: PassThrough) -> web.StreamResponse:
     request[OUTCOME] = result.outcome
     body = raw if result.body is None else result.body
-    return await request.app[FORWARDER].forward(
+    response = await request.app[FORWARDER].forward(
         request, body, rewritten=result.body is not None, extra_headers=result.outcome.headers()
     )
+    if result.after is not None:  # shadow work starts once the client has its reply: it adds no latency
+        if not response.prepared:
+            await response.prepare(request)
+            await response.write_eof()
+        result.after()
+    return response
 
 
 def _reply(request: web.Request, engine: EngineReply) -> web.Response:

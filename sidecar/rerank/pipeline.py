@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from sidecar.rerank.breaker import CircuitBreaker
 from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
+from sidecar.rerank.shadow import shadow_figures
 from sidecar.search import async_ids
 from sidecar.search.body import read_object, write_json
 from sidecar.search.hits import engine_page, hit_texts, splice
@@ -61,6 +63,7 @@ class PassThrough:
 
     body: bytes | None
     outcome: Outcome
+    after: Callable[[], None] | None = None  # to call once the reply has been sent (shadow mode's work)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class RerankPipeline:
         self._scorer = scorer
         self._metrics = metrics
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._shadows: set[asyncio.Task[None]] = set()
+        self._random = random.Random()
         key = settings.async_search_key
         self._async_key = key.get_secret_value().encode() if key is not None else secrets.token_bytes(32)
 
@@ -92,6 +97,9 @@ class RerankPipeline:
         await self._scorer.start()
 
     async def close(self) -> None:
+        for task in self._shadows:
+            task.cancel()
+        await asyncio.gather(*self._shadows, return_exceptions=True)
         await self._scorer.close()
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
@@ -129,6 +137,9 @@ class RerankPipeline:
         if not reply_is_json(params.get("format"), call.headers.get("Accept")):
             return PassThrough(None, _NOT_JSON)  # a reply we could not cut to the page: never widened
         decision = self._decide(body, call.indices, params, call.opt_out)
+        if decision.shadow is not None:
+            sampled = self._random.random() < decision.shadow_sample
+            return PassThrough(None, Outcome.skipped("shadow"), self._shadow_later(call, decision) if sampled else None)
         rewritten = None if decision.body is None else write_json(decision.body)
         if decision.body is not None and rewritten is None:  # too deep to write back: the engine judges it
             return PassThrough(None, Outcome.skipped("unparsed_body"))
@@ -145,6 +156,50 @@ class RerankPipeline:
         outcome = await self._rerank(engine.json, decision.plan)
         _add_took(engine.json, start)
         return _finished(engine, outcome)
+
+    # -- shadow mode -----------------------------------------------------------------------------------
+
+    def _shadow_later(self, call: SearchCall, decision: Decision) -> Callable[[], None] | None:
+        """What to start once the engine's reply has gone to the client: fetch the window again and rerank it
+        at the model's idle priority, at most ``shadow_pending`` at once (beyond that, dropped and counted)."""
+        body = write_json(decision.shadow_body)
+        plan = decision.shadow
+        if body is None or plan is None:
+            return None
+
+        def start() -> None:
+            if len(self._shadows) >= self._settings.shadow_pending:
+                self._metrics.shadow.labels("dropped").inc()
+                return
+            task = asyncio.create_task(self._shadow(call, body, plan))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+        return start
+
+    async def _shadow(self, call: SearchCall, body: bytes, plan: Plan) -> None:
+        t0 = time.perf_counter()
+        try:
+            engine = await self._fetch(call, body, ("from", "size"))
+            hits = (engine.json or {}).get("hits", {}).get("hits") if engine.status == 200 else None
+            if not isinstance(hits, list) or not hits:
+                self._metrics.shadow.labels("failed").inc()
+                return
+            share = max(1, self._settings.max_search_pairs // len(hits))
+            per_hit = await asyncio.to_thread(lambda: [hit_texts(h, plan)[:share] for h in hits])
+            flat = [t for texts in per_hit for t in texts]
+            scored = self._scorer.scores(plan.model, plan.query, flat, tier=1)
+            flat_scores = await asyncio.wait_for(scored, plan.timeout_s)
+        except (ScoringFailed, SidecarError, TimeoutError):
+            self._metrics.shadow.labels("dropped").inc()
+            return
+        scores = _per_hit(per_hit, flat_scores)
+        figures = await asyncio.to_thread(shadow_figures, scores)
+        self._metrics.shadow_overlap.observe(figures.overlap_at_10)
+        self._metrics.shadow_top_rank.observe(figures.top_hit_rank)
+        self._metrics.shadow_tau.observe(figures.kendall_tau)
+        self._metrics.shadow_seconds.observe(time.perf_counter() - t0)
+        self._metrics.shadow.labels("done").inc()
 
     # -- _async_search ---------------------------------------------------------------------------------
 
@@ -380,13 +435,7 @@ class RerankPipeline:
             breaker.release()
             raise
         self._settle(breaker, model, breaker.success)
-        out, i = [], 0
-        for texts in per_hit:  # a hit counts as scored when all its texts are
-            if i + len(texts) > len(flat_scores):
-                break
-            out.append(max(flat_scores[i : i + len(texts)]))
-            i += len(texts)
-        return out
+        return _per_hit(per_hit, flat_scores)
 
     async def _flat_scores(self, plan: Plan, model: str, texts: list[str], budget_s: float | None) -> list[float]:
         """With a budget, a page after the first continues the head that page 1 reranked, from the score
@@ -425,6 +474,17 @@ class RerankPipeline:
 
 
 _NOT_JSON = Outcome.skipped("reply_not_json")
+
+
+def _per_hit(per_hit: list[list[str]], flat_scores: list[float]) -> list[float]:
+    """One score per hit, its best text's; a hit counts as scored when all its texts are."""
+    out, i = [], 0
+    for texts in per_hit:
+        if i + len(texts) > len(flat_scores):
+            break
+        out.append(max(flat_scores[i : i + len(texts)]))
+        i += len(texts)
+    return out
 
 
 def _add_took(reply: dict[str, Any], start: float) -> None:

@@ -64,6 +64,10 @@ class Decision:
     plan: Plan | None = None
     reason: str | None = None
     drop_params: tuple[str, ...] = field(default=())
+    # A rule in shadow mode: the search passes untouched (``body`` None); this is what would have been reranked.
+    shadow: Plan | None = None
+    shadow_body: dict[str, Any] | None = None
+    shadow_sample: float = 0.0
 
 
 # Request features with which a reranked page would not mean what the client asked for.
@@ -142,6 +146,9 @@ def decide(
     if not _source_readable(work.get("_source", True)):
         return skip("engine_judges_source")  # a shape the engine refuses: it says so, in its own words
     plan = _plan(work, request, rule, query, model, window, params, settings)
+    if rule is not None and rule.mode == "shadow" and request.source == "rule":
+        shadow = _rewrite(work, plan)
+        return Decision(None, reason="shadow", shadow=plan, shadow_body=shadow, shadow_sample=rule.shadow_sample)
     return Decision(_rewrite(work, plan), plan=plan, drop_params=("from", "size"))
 
 

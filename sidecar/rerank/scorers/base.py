@@ -31,9 +31,10 @@ class Scorer(Protocol):
         """Per model: {"state": "loading" | "ready" | "failed", ...}."""
 
     async def scores(
-        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
         """One score per text, in the given order.
 
         With ``budget_s``, the scores of the longest prefix of ``texts`` that could be scored within that many
-        seconds (scores already known, from a cache, cost nothing; 0 asks for those alone)."""
+        seconds (scores already known, from a cache, cost nothing; 0 asks for those alone). ``tier`` 1 is work
+        that may wait for the model's idle time (shadow mode); a backend without a queue of its own ignores it."""

@@ -160,7 +160,7 @@ class LocalScorer:
         }
 
     async def scores(
-        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None
+        self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
         keys = [(model, query, text_key(t)) for t in texts]
         cached = [self._cache.get(k) for k in keys]
@@ -168,7 +168,8 @@ class LocalScorer:
         self._metrics.cache.labels("hit").inc(len(texts) - len(missing))
         self._metrics.cache.labels("miss").inc(len(missing))
         if missing and (budget_s is None or budget_s > 0):
-            fresh = await self._models[model].batcher.submit(query, [texts[i] for i in missing], budget_s=budget_s)
+            wanted = [texts[i] for i in missing]
+            fresh = await self._models[model].batcher.submit(query, wanted, budget_s=budget_s, tier=tier)
             for i, s in zip(missing, fresh, strict=False):  # with a budget, fresh scores a prefix of missing
                 cached[i] = s
                 self._cache.put(keys[i], s)
