@@ -11,13 +11,14 @@ from sidecar.headers import is_json_media_type, is_ndjson_media_type
 from sidecar.http.keys import FORWARDER, OUTCOME, PIPELINE, ROUTE, SETTINGS
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.pipeline import EngineReply, PassThrough, SearchCall
+from sidecar.search.async_ids import is_ours
 from sidecar.search.routes import search_route
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
     route = search_route(request.method, request.path)
     forwarder = request.app[FORWARDER]
-    if route is None:
+    if route is None or (route.async_id and not is_ours(route.async_id)):  # an engine's own async id: untouched
         return await forwarder.forward(request)
     request[ROUTE] = route.kind
     raw, text = await _read(request)
