@@ -19,14 +19,14 @@ from sidecar.upstream import Upstream
 
 
 def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Application:
-    """Build the app. ``scorer`` is a seam for tests; by default the local models from settings are used."""
+    """Build the app. ``scorer`` is a seam for tests; by default the models from settings, local and remote."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_search_body_bytes)
     metrics = Metrics()
     upstream = Upstream(settings)
     if scorer is None:
-        from sidecar.rerank.scorers.local import LocalScorer
+        from sidecar.rerank.scorers.router import default_scorer
 
-        scorer = LocalScorer(settings, metrics)
+        scorer = default_scorer(settings, metrics)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[UPSTREAM] = upstream

@@ -7,7 +7,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -98,10 +98,49 @@ class Rule(ScoringOptions):
         return check_cascade(value)
 
 
-class ModelSpec(_Frozen):
-    """A model that rules and `inference_id` may name."""
+RemoteApi = Literal["tei", "cohere", "infinity", "vllm", "sidecar"]
+# Most documents one request may carry, as each server documents it: TEI's default --max-client-batch-size (32),
+# Cohere's rerank (1000 documents), infinity's request list limit, vLLM (no cap: its default max_num_seqs), and
+# another sidecar's default max_rerank_documents.
+REMOTE_MAX_BATCH: dict[str, int] = {"tei": 32, "cohere": 1000, "infinity": 2048, "vllm": 256, "sidecar": 1000}
+# Remote APIs whose scores are probabilities in [0, 1] (Cohere's and vLLM's relevance_score), not raw logits.
+_PROBABILITY_APIS = frozenset({"cohere", "vllm"})
+_LOCAL_ONLY = ("label", "max_length", "max_chunks_per_doc", "backend")
 
-    path: str = Field(description="hub id (uses the HF cache, honours HF_HUB_OFFLINE) or a local folder")
+
+class ModelSpec(_Frozen):
+    """A model that rules and `inference_id` may name: a local one (`path`) or one served by a remote (`url`)."""
+
+    path: str | None = Field(
+        None, description="hub id (uses the HF cache, honours HF_HUB_OFFLINE) or a local folder; or set `url`"
+    )
+    url: AnyHttpUrl | None = Field(
+        None,
+        description="a remote model server instead of `path`: its base URL (the API's path is added: /rerank, "
+        "/v2/rerank; for api sidecar, the other sidecar's /_sidecar)",
+    )
+    api: RemoteApi | None = Field(
+        None,
+        description="with `url`: the server's rerank API, tei | cohere | infinity | vllm | sidecar (another "
+        "sidecar's TEI-shaped /_sidecar/rerank, raw scores of its default model)",
+    )
+    remote_model: str | None = Field(
+        None, description="with `url`: the `model` the server is asked for (needed by cohere; infinity, vllm: optional)"
+    )
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        description="with `url`: most documents per request; more are split into concurrent requests. Default: the "
+        "API's documented limit (tei 32, cohere 1000, infinity 2048, vllm 256, sidecar 1000)",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="with `url`: sent as Authorization: Bearer KEY; or from SIDECAR_MODELS__<NAME>__API_KEY; never "
+        "logged",
+    )
+    max_connections: int = Field(32, ge=1, description="with `url`: open connections to the server at most")
+    verify: bool = Field(True, description="with an https `url`: verify the server's certificate and host name")
+    ca_file: str | None = Field(None, description="with an https `url`: CA bundle (default: system CAs)")
     kind: ModelKind = Field("auto", description="auto: a sentence-transformers folder (modules.json) is a bi-encoder")
     label: int | str | None = Field(None, description="for classifiers with several labels: which label scores")
     activation: Literal["none", "sigmoid", "softmax"] = Field("none", description="applied to the chosen logit")
@@ -110,6 +149,47 @@ class ModelSpec(_Frozen):
     backend: Literal["auto", "torch", "onnx", "openvino"] | None = Field(
         None, description="runtime of this model on the CPU; default: the global backend"
     )
+
+    @model_validator(mode="after")
+    def _local_or_remote(self) -> ModelSpec:
+        """Exactly one of `path` and `url`; the other kind's fields are refused, never silently unused."""
+        if (self.path is None) == (self.url is None):
+            raise ValueError("a model needs exactly one of `path` (a local model) and `url` (a remote one)")
+        if self.url is None:
+            remote = [f for f in ("api", "remote_model", "max_batch", "api_key", "ca_file") if getattr(self, f)]
+            if remote:
+                raise ValueError(f"{remote[0]} is for a remote model (with `url`), not one with `path`")
+            return self
+        if self.api is None:
+            raise ValueError("a remote model (with `url`) needs `api`: tei, cohere, infinity, vllm or sidecar")
+        if self.api == "cohere" and not self.remote_model:
+            raise ValueError("api cohere needs `remote_model`: the model the server is asked for")
+        local = [f for f in _LOCAL_ONLY if getattr(self, f) is not None]
+        if local or self.kind != "auto" or self.activation != "none":
+            field = local[0] if local else ("kind" if self.kind != "auto" else "activation")
+            raise ValueError(f"{field} is for a local model (with `path`); a remote model is configured on its server")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+    @property
+    def local_path(self) -> str:
+        """``path``, for the code that loads a local model (a remote one is never loaded)."""
+        if self.path is None:
+            raise ValueError("a remote model (with `url`) has no local path to load")
+        return self.path
+
+    @property
+    def batch_limit(self) -> int:
+        """Documents per request to a remote: ``max_batch``, else the API's documented limit."""
+        return self.max_batch or REMOTE_MAX_BATCH[self.api or "tei"]
+
+    @property
+    def scores_are_probabilities(self) -> bool:
+        """The scores are in [0, 1] already: a local model's activation, or a remote API that returns them so."""
+        return self.activation != "none" or (self.api is not None and self.api in _PROBABILITY_APIS)
 
 
 class Settings(BaseSettings):

@@ -200,9 +200,10 @@ def sigmoid(x: float) -> float:
 
 def probability(score: float, model: str, settings: Settings) -> float:
     """A score in [0, 1]: the sigmoid of the model's score (its logit, as TEI's ``raw_scores: false``), or the score
-    itself where the model's ``activation`` (sigmoid, softmax) already makes it one."""
+    itself where the model's ``activation`` (sigmoid, softmax), or a remote API that answers so (cohere, vllm),
+    already makes it one."""
     spec = settings.models.get(model)
-    return score if spec is not None and spec.activation != "none" else sigmoid(score)
+    return score if spec is not None and spec.scores_are_probabilities else sigmoid(score)
 
 
 def ranked(scores: Sequence[float]) -> list[int]:

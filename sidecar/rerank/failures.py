@@ -16,6 +16,12 @@ class ScoringTimeout(ScoringFailed):
     reason = "timeout"
 
 
+class RemoteUnavailable(ScoringFailed):
+    """A remote model server could not be reached (connection refused or cut, connect timeout), retries included."""
+
+    reason = "remote_unavailable"
+
+
 class CircuitOpen(ScoringFailed):
     """The model's circuit is open: no work is sent to it until the cool-down ends."""
 

@@ -70,6 +70,8 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
     specs = {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind), **settings.models}
     if name not in specs:
         raise WarmError(f"unknown model [{name}]; configured: {', '.join(sorted(specs))}")
+    if specs[name].remote:
+        raise WarmError(f"model [{name}] is remote: its embeddings live on its own server")
     loaded = load_configured(name, specs[name], settings, token_cache=0)
     if loaded.kind != "bi-encoder":
         raise WarmError(f"model [{name}] is a {loaded.kind}: only bi-encoder embeddings can be kept")

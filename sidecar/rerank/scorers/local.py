@@ -124,7 +124,8 @@ class LocalScorer:
             if settings.model.lower() == NO_MODEL
             else {DEFAULT_MODEL: ModelSpec(path=settings.model, kind=settings.model_kind)}
         )
-        specs = {**default, **settings.models}
+        # Remote models (``url``) are the remote scorer's; a named `default` that is remote replaces `model`.
+        specs = {name: spec for name, spec in {**default, **settings.models}.items() if not spec.remote}
         memory = MemoryCache(settings.embedding_cache_mb * 1024 * 1024)
         path = settings.embedding_store
         self._store = SqliteStore(path, settings.embedding_store_mb * 1024 * 1024) if path is not None else None

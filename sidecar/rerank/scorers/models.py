@@ -344,14 +344,14 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    kind = detect_kind(spec.path, spec.kind)
+    kind = detect_kind(spec.local_path, spec.kind)
     dev = choose_device(device)
     asked = spec.backend or backend
     kernel = choose_kernel(precision, asked, dev)
     tokenizer, config = _read_config(name, spec)
-    if kind == "bi-encoder" and Path(spec.path).is_dir():
-        _mean_pooling_only(Path(spec.path))
-    fingerprint = _fingerprint(spec.path, config)
+    if kind == "bi-encoder" and Path(spec.local_path).is_dir():
+        _mean_pooling_only(Path(spec.local_path))
+    fingerprint = _fingerprint(spec.local_path, config)
     load = _loader(name, spec, kind)
     try:
         model, forward = _runner(load, config, kind, kernel, dev, fingerprint, export_root(export_dir), tokenizer)
@@ -508,7 +508,7 @@ def _fingerprint(path: str, config: Any = None) -> str:
 def _read_config(name: str, spec: ModelSpec) -> tuple[Any, Any]:
     """Tokenizer and config from a local folder or the Hugging Face cache."""
     try:
-        return AutoTokenizer.from_pretrained(spec.path), AutoConfig.from_pretrained(spec.path)
+        return AutoTokenizer.from_pretrained(spec.local_path), AutoConfig.from_pretrained(spec.local_path)
     except Exception as e:
         raise _unreadable(name, spec, e) from e
 
@@ -519,8 +519,8 @@ def _loader(name: str, spec: ModelSpec, kind: str) -> Callable[[], Any]:
     def load() -> Any:
         try:
             if kind == "bi-encoder":
-                return AutoModel.from_pretrained(spec.path)
-            return AutoModelForSequenceClassification.from_pretrained(spec.path)
+                return AutoModel.from_pretrained(spec.local_path)
+            return AutoModelForSequenceClassification.from_pretrained(spec.local_path)
         except Exception as e:
             raise _unreadable(name, spec, e) from e
 
