@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+from sidecar.metrics import Metrics
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -42,3 +45,30 @@ class LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+ScoreCache = LRU[tuple[str, str, bytes], float]
+
+
+async def through_cache(
+    cache: ScoreCache,
+    metrics: Metrics,
+    key: tuple[str, str],
+    texts: Sequence[str],
+    budget_s: float | None,
+    compute: Callable[[list[str]], Awaitable[list[float]]],
+) -> list[float]:
+    """Scores of ``texts`` for ``key`` (model, query): the known ones from ``cache``, the others from ``compute``
+    (which may score a prefix of them; with ``budget_s`` 0, it is not called). The longest scored prefix."""
+    keys = [(*key, text_key(t)) for t in texts]
+    cached = [cache.get(k) for k in keys]
+    missing = [i for i, v in enumerate(cached) if v is None]
+    metrics.cache.labels("hit").inc(len(texts) - len(missing))
+    metrics.cache.labels("miss").inc(len(missing))
+    if missing and (budget_s is None or budget_s > 0):
+        fresh = await compute([texts[i] for i in missing])
+        for i, s in zip(missing, fresh, strict=False):  # a prefix of what was missing
+            cached[i] = s
+            cache.put(keys[i], s)
+    prefix = next((n for n, v in enumerate(cached) if v is None), len(cached))
+    return [float(v) for v in cached[:prefix] if v is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -13,7 +13,7 @@ from sidecar.config import DEFAULT_MODEL, NO_MODEL, ModelSpec, Settings
 from sidecar.errors import ModelLoadError
 from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher, estimate_tokens
-from sidecar.rerank.cache import LRU, text_key
+from sidecar.rerank.cache import LRU, text_key, through_cache
 from sidecar.rerank.failures import BadInput
 from sidecar.rerank.scorers.embeddings import Embeddings, MemoryCache, SqliteStore
 
@@ -163,16 +163,9 @@ class LocalScorer:
     async def scores(
         self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
-        keys = [(model, query, text_key(t)) for t in texts]
-        cached = [self._cache.get(k) for k in keys]
-        missing = [i for i, v in enumerate(cached) if v is None]
-        self._metrics.cache.labels("hit").inc(len(texts) - len(missing))
-        self._metrics.cache.labels("miss").inc(len(missing))
-        if missing and (budget_s is None or budget_s > 0):
-            wanted = [texts[i] for i in missing]
-            fresh = await self._models[model].batcher.submit(query, wanted, budget_s=budget_s, tier=tier)
-            for i, s in zip(missing, fresh, strict=False):  # with a budget, fresh scores a prefix of missing
-                cached[i] = s
-                self._cache.put(keys[i], s)
-        prefix = next((n for n, v in enumerate(cached) if v is None), len(cached))
-        return [float(v) for v in cached[:prefix] if v is not None]
+        batcher = self._models[model].batcher
+
+        def compute(wanted: list[str]) -> Awaitable[list[float]]:
+            return batcher.submit(query, wanted, budget_s=budget_s, tier=tier)
+
+        return await through_cache(self._cache, self._metrics, (model, query), texts, budget_s, compute)

@@ -26,7 +26,7 @@ from yarl import URL
 
 from sidecar.config import ModelSpec, Settings
 from sidecar.metrics import Metrics
-from sidecar.rerank.cache import LRU, text_key
+from sidecar.rerank.cache import LRU, through_cache
 from sidecar.rerank.failures import BadInput, Overloaded, RemoteUnavailable, ScoringFailed
 from sidecar.tls import remote_context
 
@@ -259,15 +259,7 @@ class RemoteScorer:
         self, model: str, query: str, texts: Sequence[str], *, budget_s: float | None = None, tier: int = 0
     ) -> list[float]:
         texts = texts[: self._settings.max_search_pairs]
-        keys = [(model, query, text_key(t)) for t in texts]
-        cached = [self._cache.get(k) for k in keys]
-        missing = [i for i, v in enumerate(cached) if v is None]
-        self._metrics.cache.labels("hit").inc(len(texts) - len(missing))
-        self._metrics.cache.labels("miss").inc(len(missing))
-        if missing and (budget_s is None or budget_s > 0):
-            fresh = await self._models[model].scores(query, [texts[i] for i in missing])
-            for i, s in zip(missing, fresh, strict=True):
-                cached[i] = s
-                self._cache.put(keys[i], s)
-        prefix = next((n for n, v in enumerate(cached) if v is None), len(cached))
-        return [float(v) for v in cached[:prefix] if v is not None]
+        remote = self._models[model]
+        return await through_cache(
+            self._cache, self._metrics, (model, query), texts, budget_s, lambda wanted: remote.scores(query, wanted)
+        )
