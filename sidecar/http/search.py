@@ -35,7 +35,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         url=request.rel_url,
         indices=route.indices,
         body=text,
-        parseable=(is_ndjson_media_type if route.kind == "msearch" else is_json_media_type)(content_type),
+        parseable=(is_ndjson_media_type if "msearch" in route.kind else is_json_media_type)(content_type),
         headers=forwarder.upstream_headers(request),
         reply_compat=forwarder.reply_compat(request),
         opt_out=opt_out,

@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 class SearchCall:
     """One intercepted `_search` or `_msearch`, as the handler read it."""
 
-    kind: Literal["search", "msearch", "template", "async_submit", "async_get", "async_status", "async_delete"]
+    kind: Literal[
+        "search", "msearch", "template", "msearch_template", "async_submit", "async_get", "async_status", "async_delete"
+    ]
     method: str
     url: URL  # the client's path and query, relative
     indices: tuple[str, ...]  # named by the path
@@ -118,6 +120,8 @@ class RerankPipeline:
             return await self._msearch(call)
         if call.kind == "template":
             return await self._template(call)
+        if call.kind == "msearch_template":
+            return await self._msearch_template(call)
         if call.kind in ("async_get", "async_status", "async_delete"):
             return await self._async_poll(call)
         return await self._search(call)  # a _search, or an _async_search submit
@@ -255,10 +259,38 @@ class RerankPipeline:
         template = read_object(call.body) if call.parseable else None
         if template is None:
             return PassThrough(None, Outcome.skipped("unparsed_body"))
-        request = {k: v for k, v in template.items() if k in ("id", "source", "params")}
-        body = write_json(request)
-        if body is None:
+        search = await self._render(call, template)
+        if search is None:
+            return PassThrough(None, Outcome.skipped("template_not_rendered"))
+        path = "/" + ",".join(call.indices) + "/_search" if call.indices else "/_search"
+        as_search = replace(call, kind="search", method="POST", url=call.url.with_path(path))
+        return _untouched_unless_reranked(await self._search_body(as_search, search))
+
+    async def _msearch_template(self, call: SearchCall) -> PassThrough | EngineReply:
+        """Each item rendered by the engine, then the whole planned and reranked as the `_msearch` it stands for;
+        if any item cannot be rendered, the request goes to the engine untouched and it answers item by item."""
+        pairs = parse_msearch(call.body) if call.parseable else None
+        if pairs is None:
             return PassThrough(None, Outcome.skipped("unparsed_body"))
+        rules = self._settings.rules
+        if not any(may_rerank(call.body, rules, item_indices(h, call.indices)) for h, _ in pairs):
+            return PassThrough(None, Outcome.skipped("disabled_by_header" if call.opt_out else "no_rule"))
+        if len(pairs) > self._settings.max_msearch_items:
+            return PassThrough(None, Outcome.skipped("unparsed_body"))  # the engine's to refuse
+        searches = await asyncio.gather(*(self._render(call, t) for _, t in pairs))
+        rendered = [(h, s) for (h, _), s in zip(pairs, searches, strict=True) if s is not None]
+        body = dump_msearch(rendered) if len(rendered) == len(pairs) else None
+        if body is None:
+            return PassThrough(None, Outcome.skipped("template_not_rendered"))
+        path = "/" + ",".join(call.indices) + "/_msearch" if call.indices else "/_msearch"
+        as_msearch = replace(call, kind="msearch", method="POST", body=body, url=call.url.with_path(path))
+        return _untouched_unless_reranked(await self._msearch(as_msearch))
+
+    async def _render(self, call: SearchCall, template: dict[str, Any]) -> dict[str, Any] | None:
+        """The search a template stands for, rendered by the engine's `_render/template`; None where it cannot."""
+        body = write_json({k: v for k, v in template.items() if k in ("id", "source", "params")})
+        if body is None:
+            return None
         headers = CIMultiDict(call.headers)
         headers.popall("Content-Encoding", None)
         headers["Content-Type"], headers["Content-Length"] = "application/json", str(len(body))
@@ -267,16 +299,11 @@ class RerankPipeline:
         rendered = read_object(data) if status == 200 else None
         search = rendered.get("template_output") if rendered is not None else None
         if not isinstance(search, dict):
-            return PassThrough(None, Outcome.skipped("template_not_rendered"))
+            return None
         for key in ("explain", "profile"):  # the template request's own search options
             if key in template:
                 search[key] = template[key]
-        path = "/" + ",".join(call.indices) + "/_search" if call.indices else "/_search"
-        as_search = replace(call, kind="search", method="POST", url=call.url.with_path(path))
-        result = await self._search_body(as_search, search)
-        if isinstance(result, PassThrough):  # not reranked: the template request itself goes, as the client sent it
-            return PassThrough(None, result.outcome)
-        return result
+        return search
 
     def _decide(
         self, body: dict[str, Any], indices: tuple[str, ...], params: dict[str, str], opt_out: bool
@@ -485,6 +512,11 @@ def _per_hit(per_hit: list[list[str]], flat_scores: list[float]) -> list[float]:
         out.append(max(flat_scores[i : i + len(texts)]))
         i += len(texts)
     return out
+
+
+def _untouched_unless_reranked(result: PassThrough | EngineReply) -> PassThrough | EngineReply:
+    """A template request that ends up not reranked goes on as the client sent it, never its rendered body."""
+    return PassThrough(None, result.outcome) if isinstance(result, PassThrough) else result
 
 
 def _add_took(reply: dict[str, Any], start: float) -> None:

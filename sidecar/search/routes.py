@@ -9,7 +9,9 @@ from urllib.parse import unquote
 
 @dataclass(frozen=True)
 class SearchRoute:
-    kind: Literal["search", "msearch", "template", "async_submit", "async_get", "async_status", "async_delete"]
+    kind: Literal[
+        "search", "msearch", "template", "msearch_template", "async_submit", "async_get", "async_status", "async_delete"
+    ]
     indices: tuple[str, ...]  # as the path names them; empty means all
     async_id: str = ""  # the async search a poll, status or delete names
 
@@ -25,9 +27,11 @@ def search_route(method: str, path: str) -> SearchRoute | None:
     if parts[-1] == "_async_search" and method == "POST":
         route = search_route(method, "/".join([*parts[:-1], "_search"]))
         return None if route is None else SearchRoute("async_submit", route.indices)
-    if parts[-2:] == ["_search", "template"]:
+    if parts[-1] == "template" and len(parts) >= 2 and parts[-2] in ("_search", "_msearch"):
         route = search_route(method, "/".join(parts[:-1]))
-        return None if route is None else SearchRoute("template", route.indices)
+        if route is None:
+            return None
+        return SearchRoute("template" if parts[-2] == "_search" else "msearch_template", route.indices)
     if len(parts) == 1 and parts[0] in ("_search", "_msearch"):
         return SearchRoute(parts[0][1:], ())  # type: ignore[arg-type]
     named = parts[0] and (not parts[0].startswith("_") or parts[0] == "_all")  # _all: every index, by name

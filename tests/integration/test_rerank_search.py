@@ -488,6 +488,11 @@ def _templates_app(engine: str, seen: list[str]) -> web.Application:
         path = request.path_qs
         if request.path.endswith("/_search/template"):
             path, body = request.path.removesuffix("/template"), json.dumps(render(json.loads(body))).encode()
+        if request.path.endswith("/_msearch/template"):
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            items = [(lines[i], render(lines[i + 1])) for i in range(0, len(lines), 2)]
+            path = request.path.removesuffix("/template")
+            body = b"".join(json.dumps(h).encode() + b"\n" + json.dumps(b).encode() + b"\n" for h, b in items)
         async with (
             ClientSession() as session,
             session.request(
@@ -557,3 +562,36 @@ def test_a_search_template_that_is_not_reranked_reaches_the_engine_as_sent(
             direct = http("POST", double.url + "/docs/_search/template", template)
             assert (r.status, r.data) == (direct.status, direct.data), r.data[:200]
             assert r.headers["X-Rerank"].startswith("skipped"), r.headers["X-Rerank"]
+
+
+def test_an_msearch_template_is_rendered_item_by_item_and_reranked(corpus: str, make_sidecar: Any, http: Http) -> None:
+    seen: list[str] = []
+    source = {"query": {"match": {"text": "{{q}}"}}, "size": 5}
+    lines = []
+    for index, q in (("docs", "banana"), ("other", "banana"), ("docs", "cherry")):
+        lines += [json.dumps({"index": index}), json.dumps({"source": source, "params": {"q": q}})]
+    body = ("\n".join(lines) + "\n").encode()
+    with ThreadServer(_templates_app(corpus, seen)) as double:
+        proxy = make_sidecar(double.url, rules=(Rule(index="docs", window_size=30),))
+        r = http("POST", proxy.url + "/_msearch/template", body, headers={"Content-Type": "application/x-ndjson"})
+        got = json.loads(r.data)["responses"]
+        assert r.status == 200 and r.headers["X-Rerank"] == "applied; items=2", r.headers["X-Rerank"]
+        assert seen.count("/_render/template") == 3 and "/_msearch" in seen
+    for item, q in ((got[0], "banana"), (got[2], "cherry")):
+        _, direct = _search(http, corpus, {"query": {"match": {"text": q}}, "size": 30})
+        hits = direct["hits"]["hits"]
+        order = sorted(range(len(hits)), key=lambda i: (-key_score(q, hits[i]["_source"]["text"]), i))
+        assert [h["_id"] for h in item["hits"]["hits"]] == [hits[i]["_id"] for i in order[:5]]
+    assert got[1]["status"] == 404  # no such index: the engine's own answer for that item
+
+
+def test_an_msearch_template_the_engine_cannot_render_goes_to_it_as_is(
+    corpus: str, make_sidecar: Any, http: Http
+) -> None:
+    proxy = make_sidecar(corpus, rules=(Rule(index="docs"),))
+    body = b'{"index":"docs"}\n{"source":{"query":{"match":{"text":"{{q}}"}}},"params":{"q":"apple"}}\n'
+    headers = {"Content-Type": "application/x-ndjson"}
+    r = http("POST", proxy.url + "/_msearch/template", body, headers=headers)
+    direct = http("POST", corpus + "/_msearch/template", body, headers=headers)
+    assert (r.status, r.data) == (direct.status, direct.data)
+    assert r.headers["X-Rerank"] == "skipped; reason=template_not_rendered"

@@ -26,6 +26,8 @@ from sidecar.search.routes import SearchRoute, search_route
         ("GET", "/_async_search/status/FmRl", SearchRoute("async_status", (), "FmRl")),
         ("DELETE", "/_async_search/rsc1.a.b", SearchRoute("async_delete", (), "rsc1.a.b")),
         ("GET", "/docs,logs/_search/template", SearchRoute("template", ("docs", "logs"))),
+        ("POST", "/_msearch/template", SearchRoute("msearch_template", ())),
+        ("POST", "/docs/_msearch/template", SearchRoute("msearch_template", ("docs",))),
         ("POST", "/a%2Cb/_search", SearchRoute("search", ("a", "b"))),  # the comma percent-encoded
         ("POST", "/logs-*,-logs-old/_search", SearchRoute("search", ("logs-*", "-logs-old"))),
         ("POST", "/remote:idx/_search", SearchRoute("search", ("remote:idx",))),
@@ -46,8 +48,8 @@ def test_searches(method: str, path: str, expected: SearchRoute) -> None:
         ("OPTIONS", "/_search"),
         ("PATCH", "/_msearch"),
         ("POST", "/_search/scroll"),
-        ("POST", "/_msearch/template"),
         ("PUT", "/docs/_search/template"),
+        ("POST", "/docs/_doc/template"),
         ("POST", "/_cat/_search/template"),
         ("POST", "/docs/_search_shards"),
         ("GET", "/docs/_async_search"),
