@@ -113,6 +113,11 @@ def render(body: Any, values: Mapping[str, str]) -> Any:
     return body
 
 
+def _filled(t: Template, known: Mapping[str, str]) -> Any:
+    """The template's body with its placeholders filled, or None when one of them has no value yet."""
+    return render(t.body, known) if placeholders(t.body) <= known.keys() else None
+
+
 def apply(
     client: EngineClient, templates: list[Template], values: Mapping[str, str] | None = None
 ) -> Iterator[tuple[Template, str]]:
@@ -132,9 +137,9 @@ def _apply_one(client: EngineClient, t: Template, known: dict[str, str]) -> str:
     current = _current(client, t)
     if current is _UNSUPPORTED:
         return "unsupported"
-    if not placeholders(t.body) <= known.keys():
+    body = _filled(t, known)
+    if body is None:
         return "skipped"
-    body = render(t.body, known)
     if current is not None and _contains(_flat(current), _flat(_public(body))):
         return "unchanged"
     if current is not None and t.kind == "inference_endpoints":
@@ -176,9 +181,9 @@ def _apply_connector(client: EngineClient, t: Template, known: dict[str, str]) -
     found = _find_by_name(client, "/_plugins/_ml/connectors/_search", t.name)
     if found is _UNSUPPORTED:
         return "unsupported"
-    if not placeholders(t.body) <= known.keys():
+    body = _filled(t, known)
+    if body is None:
         return "skipped"
-    body = render(t.body, known)
     if found is None:
         known["connector_id"] = client.request("POST", "/_plugins/_ml/connectors/_create", body)["connector_id"]
         return "created"
@@ -197,9 +202,9 @@ def _apply_model(client: EngineClient, t: Template, known: dict[str, str]) -> st
     found = _find_by_name(client, "/_plugins/_ml/models/_search", t.name, query)
     if found is _UNSUPPORTED:
         return "unsupported"
-    if not placeholders(t.body) <= known.keys():
+    body = _filled(t, known)
+    if body is None:
         return "skipped"
-    body = render(t.body, known)
     if found is None:
         reply = client.request("POST", "/_plugins/_ml/models/_register?deploy=true", body)
         known["model_id"] = reply.get("model_id") or _task_model_id(client, reply["task_id"])
