@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,18 @@ class Http:
             body = _json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
         return self.pool.request(method, url, body=body, headers=hdrs, decode_content=False, **kw)
+
+
+def index_docs(http: Http, engine: str, docs: Iterable[tuple[str, str, Any]]) -> None:
+    """Index ``(index, id, source)`` documents in one refreshing `_bulk`; none may fail."""
+    lines = [
+        line
+        for index, doc_id, source in docs
+        for line in (json.dumps({"index": {"_index": index, "_id": doc_id}}), json.dumps(source))
+    ]
+    body = ("\n".join(lines) + "\n").encode()
+    r = http("POST", engine + "/_bulk?refresh=true", body, {"Content-Type": "application/x-ndjson"})
+    assert r.status == 200 and not json.loads(r.data)["errors"], r.data[:300]
 
 
 class ThreadServer:

@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 
 from sidecar.config import Rule
 from tests.fakes import KeyScorer, key_score
-from tests.servers import Http, ThreadServer
+from tests.servers import Http, ThreadServer, index_docs
 
 KEY = "shared-by-the-replicas"
 
@@ -92,16 +92,10 @@ class AsyncEngine:
 
 @pytest.fixture
 def corpus(engine: str, http: Http) -> str:
-    lines = []
-    for i in range(60):
-        doc = {"text": f"apple {'banana ' * (i % 5)}doc {i}", "secret": f"s{i}", "@timestamp": 1000 + i}
-        lines += [json.dumps({"index": {"_index": "logs", "_id": str(i)}}), json.dumps(doc)]
-    http(
-        "POST",
-        engine + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
+    docs = (
+        {"text": f"apple {'banana ' * (i % 5)}doc {i}", "secret": f"s{i}", "@timestamp": 1000 + i} for i in range(60)
     )
+    index_docs(http, engine, (("logs", str(i), doc) for i, doc in enumerate(docs)))
     return engine
 
 

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.tools.launch import serve_process
-from tests.servers import Http, ThreadServer
+from tests.servers import Http, ThreadServer, index_docs
 
 pytestmark = pytest.mark.slow  # spawns a serve process
 
@@ -88,20 +88,15 @@ def tally() -> Iterator[Tally]:
 def target(osmem: Any, tiny_model: str, tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[Target]:
     clone = osmem.clone()
     http = Http()
-    lines = []
-    for i in range(30):
-        doc = {"text": f"apple doc {i}", "secret": f"s{i}", "tags": ["apple", str(i)]}
-        lines += [json.dumps({"index": {"_index": "docs", "_id": str(i)}}), json.dumps(doc)]
-        lines += [json.dumps({"index": {"_index": "plain", "_id": str(i)}}), json.dumps(doc)]
+    docs = [
+        (index, str(i), {"text": f"apple doc {i}", "secret": f"s{i}", "tags": ["apple", str(i)]})
+        for i in range(30)
+        for index in ("docs", "plain")
+    ]
     for i in range(20):  # one hit of 10,000 values, each of which array_mode max scores as its own text
         tags = [f"apple tag {i} {n} " + "banana date " * 20 for n in range(10_000 if i == 0 else 3)]
-        lines += [json.dumps({"index": {"_index": "arrays", "_id": str(i)}}), json.dumps({"tags": tags})]
-    http(
-        "POST",
-        clone.url + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
-    )
+        docs.append(("arrays", str(i), {"tags": tags}))
+    index_docs(http, clone.url, docs)
     config = tmp_path_factory.mktemp("hostile") / "sidecar.yaml"
     settings = {"rules": [RULE, ARRAYS], "breaker_failures": 3, "breaker_cooldown_s": 600, "rerank_timeout_ms": 1000}
     config.write_text(yaml.safe_dump(settings))
@@ -296,18 +291,7 @@ def formats(
     for CBOR and Smile), and ``deflate`` when the client accepts it and not gzip. It records what it was sent."""
     clone = osmem.clone()
     http = Http()
-    lines = []
-    for i in range(30):
-        lines += [
-            json.dumps({"index": {"_index": "docs", "_id": str(i)}}),
-            json.dumps({"text": f"apple doc {i}", "secret": f"s{i}"}),
-        ]
-    http(
-        "POST",
-        clone.url + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
-    )
+    index_docs(http, clone.url, (("docs", str(i), {"text": f"apple doc {i}", "secret": f"s{i}"}) for i in range(30)))
     seen: list[dict[str, Any]] = []
 
     async def handle(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from sidecar.metrics import Metrics
 from sidecar.rerank.batcher import Batcher
 from sidecar.tools.launch import free_port, serve_process
 from tests.fakes import KeyScorer, key_score
-from tests.servers import Http, SidecarThread, ThreadServer, peak_rss_kb, rss_kb
+from tests.servers import Http, SidecarThread, ThreadServer, index_docs, peak_rss_kb, rss_kb
 
 RULE = Rule(index="docs*", fields=("text",), window_size=20)
 SEARCH = json.dumps({"query": {"match": {"text": "apple"}}, "size": 5}).encode()
@@ -35,15 +35,7 @@ SEARCH = json.dumps({"query": {"match": {"text": "apple"}}, "size": 5}).encode()
 
 @pytest.fixture
 def corpus(engine: str, http: Http) -> str:
-    lines = []
-    for i in range(40):
-        lines += [json.dumps({"index": {"_index": "docs", "_id": str(i)}}), json.dumps({"text": f"apple doc {i}"})]
-    http(
-        "POST",
-        engine + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
-    )
+    index_docs(http, engine, (("docs", str(i), {"text": f"apple doc {i}"}) for i in range(40)))
     return engine
 
 

@@ -18,7 +18,7 @@ from sidecar.rerank.api import sigmoid
 from sidecar.rerank.failures import Overloaded
 from sidecar.tools.launch import free_port, serve_process
 from tests.fakes import KeyScorer, key_score
-from tests.servers import Http, SidecarThread
+from tests.servers import Http, SidecarThread, index_docs
 
 NO_ENGINE = "http://127.0.0.1:9"  # the remote only serves its rerank API
 QUERY = "apple"
@@ -51,16 +51,7 @@ class _Small(KeyScorer):
 
 @pytest.fixture
 def corpus(engine: str, http: Http) -> str:
-    lines = []
-    for i in range(30):
-        lines += [json.dumps({"index": {"_index": "docs", "_id": str(i)}}), json.dumps({"text": f"apple pie {i}"})]
-    r = http(
-        "POST",
-        engine + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
-    )
-    assert not json.loads(r.data)["errors"]
+    index_docs(http, engine, (("docs", str(i), {"text": f"apple pie {i}"}) for i in range(30)))
     return engine
 
 

@@ -11,22 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.config import Rule
 from sidecar.rerank.shadow import shadow_figures
 from tests.fakes import KeyScorer, key_score
-from tests.servers import Http
+from tests.servers import Http, index_docs
 
 
 def _corpus(http: Http, engine: str) -> None:
-    lines = []
-    for i in range(40):
-        lines += [
-            json.dumps({"index": {"_index": "docs", "_id": str(i)}}),
-            json.dumps({"text": f"apple {'pear ' * (i % 7)}{i}"}),
-        ]
-    http(
-        "POST",
-        engine + "/_bulk?refresh=true",
-        ("\n".join(lines) + "\n").encode(),
-        {"Content-Type": "application/x-ndjson"},
-    )
+    index_docs(http, engine, (("docs", str(i), {"text": f"apple {'pear ' * (i % 7)}{i}"}) for i in range(40)))
 
 
 def _metrics(http: Http, url: str) -> dict[str, float]:
