@@ -189,8 +189,7 @@ class RerankPipeline:
             if not isinstance(hits, list) or not hits:
                 self._metrics.shadow.labels("failed").inc()
                 return
-            share = max(1, self._settings.max_search_pairs // len(hits))
-            per_hit = await asyncio.to_thread(lambda: [hit_texts(h, plan)[:share] for h in hits])
+            per_hit = await self._hit_texts(hits, plan)
             flat = [t for texts in per_hit for t in texts]
             scored = self._scorer.scores(plan.model, plan.query, flat, tier=1)
             flat_scores = await asyncio.wait_for(scored, plan.timeout_s)
@@ -291,12 +290,8 @@ class RerankPipeline:
         body = write_json({k: v for k, v in template.items() if k in ("id", "source", "params")})
         if body is None:
             return None
-        headers = CIMultiDict(call.headers)
-        headers.popall("Content-Encoding", None)
-        headers["Content-Type"], headers["Content-Length"] = "application/json", str(len(body))
-        headers["Accept-Encoding"] = "identity"
-        status, _, data = await self._upstream.fetch("POST", "/_render/template", headers, body, retry=True)
-        rendered = read_object(data) if status == 200 else None
+        engine = await self._fetch(replace(call, method="POST", url=URL("/_render/template")), body, ())
+        rendered = engine.json if engine.status == 200 else None
         search = rendered.get("template_output") if rendered is not None else None
         if not isinstance(search, dict):
             return None
@@ -405,10 +400,7 @@ class RerankPipeline:
 
         A cascade reorders the top of the window stage by stage; the last stage's scores are the reply's."""
         hits = (reply.get("hits") or {}).get("hits") or []
-        # Our own code (a bug here is ours, not the model's), per hit and so off the loop. With array_mode max a
-        # hit is many texts: each keeps its first values within an even share of the search's max_search_pairs.
-        share = max(1, self._settings.max_search_pairs // max(1, len(hits)))
-        texts = await asyncio.to_thread(lambda: [hit_texts(h, plan)[:share] for h in hits])
+        texts = await self._hit_texts(hits, plan)  # our own code: a bug here is ours, not the model's
         steps = plan.cascade
         label = ">".join(s.model for s in steps)
         t0 = time.perf_counter()
@@ -440,6 +432,12 @@ class RerankPipeline:
         splice(reply, plan, scores, label)
         why = ("budget" if plan.budget_s is not None else "search_cap") if cut else ""
         return Outcome("applied", plan.source, label, len(hits), first, took_ms, cut=why)
+
+    async def _hit_texts(self, hits: list[dict[str, Any]], plan: Plan) -> list[list[str]]:
+        """Each hit's texts, per hit and so off the loop. With array_mode max a hit is many texts: each keeps its
+        first values within an even share of the search's max_search_pairs."""
+        share = max(1, self._settings.max_search_pairs // max(1, len(hits)))
+        return await asyncio.to_thread(lambda: [hit_texts(h, plan)[:share] for h in hits])
 
     async def _score(self, per_hit: list[list[str]], plan: Plan, model: str, budget_s: float | None) -> list[float]:
         """One score per hit (its best text) for the head of the window that the budget allows (all of it
