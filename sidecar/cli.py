@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from sidecar.commands import bench, demo, evaluate, load, serve, templates, train, warm
+from sidecar.commands import bench, demo, distill, evaluate, load, serve, templates, train, warm
 from sidecar.commands.errors import DataError, UsageError
 from sidecar.config import ConfigFileError
 from sidecar.errors import ModelLoadError
@@ -60,7 +60,7 @@ def message(error: Exception) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerank-sidecar", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, demo, templates, load, warm, evaluate, train, bench):
+    for command in (serve, demo, templates, load, warm, evaluate, train, distill, bench):
         command.register(sub)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sidecar.commands.errors import DataError, UsageError, reading
-from sidecar.tools import datasets, evaluation
+from sidecar.tools import evaluation
 from sidecar.tools.embedded import engine_at, packaged_model
 from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.indexing import index_dataset
@@ -80,20 +80,7 @@ def _other(kind: str) -> str:
 
 
 def _held_out(model: Path, args: argparse.Namespace) -> float:
-    """Mean nDCG@10 over the held-out sets, reranking their given BM25 candidates in fp32.
-
-    fp32, not the int8 CPU default: the guard rail compares two models, and must not see quantization noise."""
-    figures = []
-    for folder in args.eval:
-        judgments = datasets.qrels(folder)
-        queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
-        if args.eval_queries:
-            queries = dict(list(queries.items())[: args.eval_queries])
-        _, run, _ = evaluation.rerank_candidates(folder, queries, str(model), args.eval_depth, "fp32")
-        rel = 2 if folder.name.startswith("trec_dl") else 1
-        figures.append(evaluation.measure(judgments, run, rel).mean["nDCG@10"])
-        print(f"  {folder.name}: nDCG@10 {figures[-1]:.4f}")
-    return sum(figures) / len(figures)
+    return evaluation.held_out(str(model), args.eval, args.eval_queries, args.eval_depth).mean
 
 
 @contextlib.contextmanager

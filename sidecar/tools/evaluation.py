@@ -116,6 +116,35 @@ def save(rep: dict[str, Any], out: Path) -> None:
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """A model's mean nDCG@10 over held-out sets, each set's figure, and its speed on their candidates."""
+
+    mean: float
+    per_set: dict[str, float]
+    pairs_per_s: float
+
+
+def held_out(model: str, folders: list[Path], first: int | None, depth: int) -> HeldOut:
+    """Rerank each set's given BM25 candidates (the first ``first`` judged queries) in fp32.
+
+    fp32, not the int8 CPU default: a guard rail compares two models, and must not see quantization noise."""
+    per_set = {}
+    pairs, seconds = 0, 0.0
+    for folder in folders:
+        judgments = datasets.qrels(folder)
+        queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
+        if first:
+            queries = dict(list(queries.items())[:first])
+        _, run, took = rerank_candidates(folder, queries, model, depth, "fp32")
+        rel = 2 if folder.name.startswith("trec_dl") else 1
+        per_set[folder.name] = measure(judgments, run, rel).mean["nDCG@10"]
+        pairs += sum(len(docs) for docs in run.values())
+        seconds += sum(took) / 1000
+        print(f"  {folder.name}: nDCG@10 {per_set[folder.name]:.4f}")
+    return HeldOut(sum(per_set.values()) / len(per_set), per_set, pairs / seconds if seconds else 0.0)
+
+
 def rerank_candidates(
     folder: Path,
     queries: dict[str, str],

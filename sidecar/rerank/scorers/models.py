@@ -117,7 +117,7 @@ def _mean_pooling_only(folder: Path) -> None:
     for module in modules:
         if module.get("type", "").endswith("Pooling"):
             cfg = json.loads((folder / module["path"] / "config.json").read_text())
-            if not cfg.get("pooling_mode_mean_tokens", False):
+            if not (cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode") == "mean"):  # ST < 6, >= 6
                 raise ModelLoadError(f"{folder}: only mean pooling is supported for bi-encoders, got {cfg}")
 
 

@@ -1,34 +1,21 @@
-"""The training loop: batches per loss, epochs with evaluation, checkpoints, resume, and the guard rail."""
+"""Fine-tuning on judgments with sentence-transformers' trainers and losses, plus what is ours: held-out
+evaluation after every epoch, resume, the guard rail that never hands out a worse model, and the plot."""
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from tqdm import tqdm
-from transformers import (
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    get_linear_schedule_with_warmup,
-)
-
-from sidecar.rerank.scorers.models import mean_pool
-from sidecar.tools.training import losses
 from sidecar.tools.training.data import Example, TrainingSet
-
-log = logging.getLogger(__name__)
+from sidecar.tools.training.distill import last_checkpoint, save_plain
 
 Kind = Literal["cross-encoder", "bi-encoder"]
 Loss = Literal["bce", "lambda", "contrastive"]
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 @dataclass(frozen=True)
@@ -56,64 +43,151 @@ class History:
 def train(cfg: TrainConfig, data: TrainingSet, evaluate: Callable[[Path], float], resume: bool = False) -> History:
     """Train, evaluating ``evaluate(model_folder) -> nDCG@10`` on held-out data before and after each epoch.
 
-    The best epoch is copied to ``out/best`` only if it beats the starting model; otherwise nothing is handed out.
+    Each epoch's model is ``out/checkpoints/epoch-N`` (a folder `serve` loads); the trainer's own state for
+    ``resume`` is in ``out/trainer``. The best epoch is copied to ``out/best`` only if it beats the starting model.
     """
-    _seed(cfg.seed)
-    checkpoints = cfg.out / "checkpoints"
-    last = _latest(checkpoints) if resume else None
-    tokenizer = AutoTokenizer.from_pretrained(str(last or cfg.start))
-    model = _load(str(last or cfg.start), cfg.kind)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    steps_per_epoch = len(list(_batches(cfg, data, random.Random(0))))
-    total = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)  # type: ignore[no-untyped-call]
-    history = History()
-    first_epoch = 1
+    from transformers import TrainerCallback
+
+    saved = cfg.out / "history.json"
+    last = last_checkpoint(cfg.out / "trainer") if resume else None
+    history = History(**json.loads(saved.read_text())) if last is not None and saved.exists() else History()
     if last is not None:
-        state = torch.load(last / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = History(**state["history"])
-        first_epoch = state["epoch"] + 1
-        print(f"resuming from {last} (epoch {state['epoch']} done)")
+        print(f"resuming from {last} (epoch {len(history.epochs)} done)")
     if history.start_metric is None:
         history.start_metric = evaluate(Path(cfg.start))
         print(f"starting model {cfg.start}: held-out nDCG@10 {history.start_metric:.4f}")
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        model.train()
-        batches = list(_batches(cfg, data, random.Random(cfg.seed * 1000 + epoch)))
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch")
-        epoch_losses = []
-        for batch in bar:
-            loss = _step(cfg, model, tokenizer, batch)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            epoch_losses.append(loss.item())
-            bar.set_postfix(loss=f"{sum(epoch_losses[-20:]) / len(epoch_losses[-20:]):.4f}")
-        history.losses += epoch_losses
-        folder = checkpoints / f"epoch-{epoch}"
-        _save(model, tokenizer, folder, cfg)
-        metric = evaluate(folder)
-        history.epochs.append(
-            {"epoch": epoch, "nDCG@10": metric, "loss": sum(epoch_losses) / max(1, len(epoch_losses))}
-        )
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "history": asdict(history),
-            },
-            folder / "trainer_state.pt",
-        )
-        print(f"epoch {epoch}: mean loss {history.epochs[-1]['loss']:.4f}, held-out nDCG@10 {metric:.4f}")
+    model = _model(cfg)
+
+    class EpochEnd(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            logs = kwargs.get("logs") or {}
+            if "loss" in logs:
+                history.losses.append(float(logs["loss"]))
+                self.epoch_losses.append(float(logs["loss"]))
+
+        def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.epoch_losses: list[float] = []
+
+        def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            epoch = round(state.epoch or 0)
+            folder = cfg.out / "checkpoints" / f"epoch-{epoch}"
+            _save(model, cfg.kind, folder)
+            metric = evaluate(folder)
+            loss = sum(self.epoch_losses) / max(1, len(self.epoch_losses))
+            history.epochs.append({"epoch": epoch, "nDCG@10": metric, "loss": loss})
+            saved.write_text(json.dumps(asdict(history), indent=2) + "\n")
+            print(f"epoch {epoch}: mean loss {loss:.4f}, held-out nDCG@10 {metric:.4f}")
+
+    trainer = _trainer(cfg, model, data, [EpochEnd()])
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     _hand_out(cfg, history)
-    (cfg.out / "history.json").write_text(json.dumps(asdict(history), indent=2) + "\n")
+    saved.write_text(json.dumps(asdict(history), indent=2) + "\n")
     _plot(history, cfg.out / "training.png")
     return history
+
+
+def _model(cfg: TrainConfig) -> Any:
+    if cfg.kind == "bi-encoder":
+        from sentence_transformers import SentenceTransformer
+
+        bi = SentenceTransformer(cfg.start)
+        bi.max_seq_length = cfg.max_length
+        return bi
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    return CrossEncoder(cfg.start, num_labels=1, max_length=cfg.max_length)
+
+
+def _trainer(cfg: TrainConfig, model: Any, data: TrainingSet, callbacks: list[Any]) -> Any:
+    """The sentence-transformers trainer, loss and dataset for ``cfg.loss``."""
+    from datasets import Dataset
+
+    rng = random.Random(cfg.seed)
+    common: dict[str, Any] = {
+        "output_dir": str(cfg.out / "trainer"),
+        "num_train_epochs": cfg.epochs,
+        "learning_rate": cfg.lr,
+        "warmup_steps": 0.1,  # a float: the share of the steps (transformers 5)
+        "weight_decay": 0.01,
+        "save_strategy": "epoch",
+        "save_total_limit": 2,
+        "logging_steps": 1,
+        "seed": cfg.seed,
+        "report_to": "none",
+        "disable_tqdm": False,
+    }
+    if cfg.kind == "bi-encoder":
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+        from sentence_transformers.base.sampler import BatchSamplers
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+        rows = _triplets(data, rng)
+        # in-batch negatives: no two rows of one query share a batch, so another positive is never a negative
+        bi_args = SentenceTransformerTrainingArguments(
+            per_device_train_batch_size=cfg.batch_size, batch_sampler=BatchSamplers.NO_DUPLICATES, **common
+        )
+        dataset = Dataset.from_dict({k: [r[i] for r in rows] for i, k in enumerate(("anchor", "positive", "negative"))})
+        return SentenceTransformerTrainer(
+            model=model,
+            args=bi_args,
+            train_dataset=dataset,
+            loss=MultipleNegativesRankingLoss(model),
+            callbacks=callbacks,
+        )
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, LambdaLoss, NDCGLoss2PPScheme
+
+    if cfg.loss == "bce":
+        pairs = [(e.query, data.texts[d], g / data.max_grade) for e in data.examples for d, g in _docs(e)]
+        rng.shuffle(pairs)
+        dataset = Dataset.from_dict({k: [p[i] for p in pairs] for i, k in enumerate(("query", "doc", "label"))})
+        loss: Any = BinaryCrossEntropyLoss(model)
+        per_batch = cfg.batch_size
+    else:
+        lists = [_sample_list(e, cfg.list_size, rng) for e in data.examples]
+        dataset = Dataset.from_dict(
+            {
+                "query": [e.query for e, _ in lists],
+                "docs": [[data.texts[d] for d, _ in docs] for _, docs in lists],
+                "labels": [[float(g) for _, g in docs] for _, docs in lists],
+            }
+        )
+        loss = LambdaLoss(model, weighting_scheme=NDCGLoss2PPScheme())
+        per_batch = max(1, cfg.batch_size // cfg.list_size)
+    args = CrossEncoderTrainingArguments(per_device_train_batch_size=per_batch, **common)
+    return CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
+
+
+def _triplets(data: TrainingSet, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(query, judged positive, a mined or judged negative) for every positive of a query that has a negative."""
+    rows = []
+    for e in data.examples:
+        negatives = e.negatives or [d for d, g in e.graded.items() if g == 0]
+        if negatives:
+            rows += [(e.query, data.texts[p], data.texts[rng.choice(negatives)]) for p, g in e.graded.items() if g > 0]
+    rng.shuffle(rows)
+    return rows
+
+
+def _docs(e: Example) -> list[tuple[str, int]]:
+    return [*e.graded.items(), *((d, 0) for d in e.negatives)]
+
+
+def _sample_list(e: Example, size: int, rng: random.Random) -> tuple[Example, list[tuple[str, int]]]:
+    positives = [(d, g) for d, g in e.graded.items() if g > 0]
+    negatives = [(d, 0) for d, g in e.graded.items() if g == 0] + [(d, 0) for d in e.negatives]
+    take_pos = rng.sample(positives, min(len(positives), size // 2))
+    take_neg = rng.sample(negatives, min(len(negatives), size - len(take_pos)))
+    return e, take_pos + take_neg
+
+
+def _save(model: Any, kind: Kind, folder: Path) -> None:
+    """A folder `serve` loads as is: a sentence-transformers folder for a bi-encoder, plain transformers for a
+    cross-encoder (a sentence-transformers CrossEncoder folder carries a modules.json that reads as a bi-encoder)."""
+    if kind == "bi-encoder":
+        model.save(str(folder))
+        return
+    save_plain(model, folder)
 
 
 def _hand_out(cfg: TrainConfig, history: History) -> None:
@@ -131,130 +205,9 @@ def _hand_out(cfg: TrainConfig, history: History) -> None:
         )
         return
     epoch = int(best["epoch"])
-    shutil.copytree(cfg.out / "checkpoints" / f"epoch-{epoch}", target, ignore=shutil.ignore_patterns("trainer_*"))
+    shutil.copytree(cfg.out / "checkpoints" / f"epoch-{epoch}", target)
     start = history.start_metric
     print(f"best: epoch {epoch}, held-out nDCG@10 {best['nDCG@10']:.4f} (start {start:.4f}) -> {target}")
-
-
-# -- batches -------------------------------------------------------------------------------------------------
-
-Batch = dict[str, Any]
-
-
-def _batches(cfg: TrainConfig, data: TrainingSet, rng: random.Random) -> Iterator[Batch]:
-    if cfg.loss == "bce":
-        items = [(e.query, doc, g / data.max_grade) for e in data.examples for doc, g in _docs(e)]
-        rng.shuffle(items)
-        for i in range(0, len(items), cfg.batch_size):
-            chunk = items[i : i + cfg.batch_size]
-            yield {"pairs": [(q, data.texts[d]) for q, d, _ in chunk], "labels": [y for _, _, y in chunk]}
-    elif cfg.loss == "lambda":
-        lists = [_sample_list(e, cfg.list_size, rng) for e in data.examples]
-        per_batch = max(1, cfg.batch_size // cfg.list_size)
-        for i in range(0, len(lists), per_batch):
-            group = lists[i : i + per_batch]
-            yield {"lists": [(e.query, [(data.texts[d], g) for d, g in docs]) for e, docs in group]}
-    else:
-        rows = [(e, pos) for e in data.examples for pos, g in e.graded.items() if g > 0]
-        rng.shuffle(rows)
-        for i in range(0, len(rows), cfg.batch_size):
-            part = rows[i : i + cfg.batch_size]
-            negs = [rng.choice(e.negatives or [d for d, g in e.graded.items() if g == 0] or [None]) for e, _ in part]
-            yield {
-                "queries": [e.query for e, _ in part],
-                "qids": [e.qid for e, _ in part],
-                "positives": [(data.texts[p], e.qid, e) for e, p in part],
-                "negatives": [data.texts[n] for n in negs if n is not None],
-            }
-
-
-def _docs(e: Example) -> list[tuple[str, int]]:
-    return [*e.graded.items(), *((d, 0) for d in e.negatives)]
-
-
-def _sample_list(e: Example, size: int, rng: random.Random) -> tuple[Example, list[tuple[str, int]]]:
-    positives = [(d, g) for d, g in e.graded.items() if g > 0]
-    negatives = [(d, 0) for d, g in e.graded.items() if g == 0] + [(d, 0) for d in e.negatives]
-    take_pos = rng.sample(positives, min(len(positives), size // 2))
-    take_neg = rng.sample(negatives, min(len(negatives), size - len(take_pos)))
-    return e, take_pos + take_neg
-
-
-# -- one step ------------------------------------------------------------------------------------------------
-
-
-def _step(cfg: TrainConfig, model: Any, tokenizer: Any, batch: Batch) -> torch.Tensor:
-    if cfg.loss == "bce":
-        pairs = batch["pairs"]
-        logits = _logits(model, tokenizer, [q for q, _ in pairs], [d for _, d in pairs], cfg.max_length)
-        return losses.bce(logits, torch.tensor(batch["labels"], dtype=torch.float))
-    if cfg.loss == "lambda":
-        width = max(len(docs) for _, docs in batch["lists"])
-        queries = [q for q, docs in batch["lists"] for _ in docs]
-        texts = [t for _, docs in batch["lists"] for t, _ in docs]
-        logits = _logits(model, tokenizer, queries, texts, cfg.max_length)
-        scores = torch.zeros(len(batch["lists"]), width)
-        grades = torch.full((len(batch["lists"]), width), -1.0)
-        at = 0
-        for row, (_, docs) in enumerate(batch["lists"]):
-            scores[row, : len(docs)] = logits[at : at + len(docs)]
-            grades[row, : len(docs)] = torch.tensor([float(g) for _, g in docs])
-            at += len(docs)
-        return losses.lambda_loss(scores, grades)
-    q = _embed(model, tokenizer, batch["queries"], cfg.max_length)
-    docs = [t for t, _, _ in batch["positives"]] + batch["negatives"]
-    d = _embed(model, tokenizer, docs, cfg.max_length)
-    ids = {qid: i for i, qid in enumerate(dict.fromkeys(batch["qids"]))}
-    row_qids = torch.tensor([ids[qid] for qid in batch["qids"]])
-    doc_qids = torch.tensor([ids[qid] for _, qid, _ in batch["positives"]] + [-1] * len(batch["negatives"]))
-    return losses.contrastive(q, d, torch.arange(len(batch["queries"])), row_qids, doc_qids)
-
-
-def _logits(model: Any, tokenizer: Any, queries: list[str], docs: list[str], max_length: int) -> torch.Tensor:
-    enc = tokenizer(queries, docs, truncation="only_second", max_length=max_length, padding=True, return_tensors="pt")
-    out: torch.Tensor = model(**enc).logits[:, 0]
-    return out
-
-
-def _embed(model: Any, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    pooled = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])  # as serving pools
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-# -- models and checkpoints ----------------------------------------------------------------------------------
-
-
-def _load(path: str, kind: Kind) -> Any:
-    if kind == "bi-encoder":
-        return AutoModel.from_pretrained(path)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-
-
-def _save(model: Any, tokenizer: Any, folder: Path, cfg: TrainConfig) -> None:
-    """A folder `serve` loads as is; a bi-encoder keeps the start folder's sentence-transformers files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    start = Path(cfg.start)
-    if cfg.kind == "bi-encoder" and (start / "modules.json").exists():
-        for item in start.iterdir():
-            if item.name in _WEIGHTS or (folder / item.name).exists():
-                continue
-            if item.is_dir():
-                shutil.copytree(item, folder / item.name)
-            elif item.suffix in (".json", ".txt", ".md"):
-                shutil.copy(item, folder / item.name)
-
-
-def _latest(checkpoints: Path) -> Path | None:
-    done = [p for p in checkpoints.glob("epoch-*") if (p / "trainer_state.pt").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _plot(history: History, path: Path) -> None:
@@ -265,8 +218,8 @@ def _plot(history: History, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=110)
     left.plot(history.losses, linewidth=0.8)
-    left.set_title("training loss per batch")
-    left.set_xlabel("batch")
+    left.set_title("training loss per step")
+    left.set_xlabel("step")
     epochs = [0] + [int(e["epoch"]) for e in history.epochs]
     metric = [history.start_metric or 0.0] + [e["nDCG@10"] for e in history.epochs]
     right.plot(epochs, metric, marker="o")
