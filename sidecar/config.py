@@ -305,6 +305,12 @@ class Settings(BaseSettings):
     shadow_pending: int = Field(
         4, ge=0, description="shadow reranks under way at once; a shadowed search beyond them is dropped and counted"
     )
+    capture_queries: Path | None = Field(
+        None,
+        description="append the query text of each reranked search to this file, one per line (for "
+        "`distill --queries`); never document text. Off when unset",
+    )
+    capture_queries_max: int = Field(100_000, ge=1, description="capture_queries stops at this many lines")
     max_search_pairs: int = Field(
         2000,
         ge=1,

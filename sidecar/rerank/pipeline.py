@@ -26,6 +26,7 @@ from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyReques
 from sidecar.headers import client_response_headers, reply_is_json, vendor_media_type
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
+from sidecar.rerank.capture import QueryCapture
 from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
@@ -94,15 +95,21 @@ class RerankPipeline:
         self._random = random.Random()
         key = settings.async_search_key
         self._async_key = key.get_secret_value().encode() if key is not None else secrets.token_bytes(32)
+        path = settings.capture_queries
+        self._capture = None if path is None else QueryCapture(path, settings.capture_queries_max)
 
     async def start(self) -> None:
         await self._scorer.start()
+        if self._capture is not None:
+            self._capture.start()
 
     async def close(self) -> None:
         for task in self._shadows:
             task.cancel()
         await asyncio.gather(*self._shadows, return_exceptions=True)
         await self._scorer.close()
+        if self._capture is not None:
+            await asyncio.to_thread(self._capture.close)
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         """Per model: the scorer's state, and its circuit when that is not closed."""
@@ -400,6 +407,8 @@ class RerankPipeline:
 
         A cascade reorders the top of the window stage by stage; the last stage's scores are the reply's."""
         hits = (reply.get("hits") or {}).get("hits") or []
+        if self._capture is not None:
+            self._capture.record(plan.query)
         texts = await self._hit_texts(hits, plan)  # our own code: a bug here is ours, not the model's
         steps = plan.cascade
         label = ">".join(s.model for s in steps)
