@@ -241,10 +241,12 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(10_000, ge=1, description="longest query text sent to a model")
     max_window: int = Field(1000, ge=1, description="largest candidate window one search may ask for")
     upstream_api_key: SecretStr | None = Field(
-        None, description="the tools' own requests to the engine (warm): Authorization: ApiKey <this>; never logged"
+        None,
+        description="the sidecar's own requests to the engine (events, readiness) and the tools' (warm): "
+        "Authorization: ApiKey <this>; never logged; clients' requests keep their own credentials",
     )
     upstream_basic_auth: SecretStr | None = Field(
-        None, description="the tools' own requests to the engine (warm): USER:PASSWORD for basic auth; never logged"
+        None, description="like upstream_api_key, as USER:PASSWORD for basic auth; never logged"
     )
     admin_token: SecretStr | None = Field(
         None,
@@ -305,6 +307,17 @@ class Settings(BaseSettings):
     shadow_pending: int = Field(
         4, ge=0, description="shadow reranks under way at once; a shadowed search beyond them is dropped and counted"
     )
+    events_index: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="write one document per reranked or shadowed search to daily indices NAME-YYYY.MM.DD "
+        "(es_templates has their template, retention and dashboards); off when unset",
+    )
+    events_include_query: bool = Field(False, description="events carry the query text (never document text)")
+    events_buffer: int = Field(10_000, ge=1, description="events waiting to be written; past it they are dropped")
+    events_batch: int = Field(500, ge=1, description="events per _bulk request")
+    events_flush_ms: float = Field(1000, gt=0, description="longest an event waits for its batch to fill")
+    events_timeout_ms: float = Field(5000, gt=0, description="an events _bulk slower than this is dropped")
     capture_queries: Path | None = Field(
         None,
         description="append the query text of each reranked search to this file, one per line (for "

@@ -64,6 +64,13 @@ class Metrics:
         )
         self.circuit_open = Gauge("sidecar_circuit_open", "1 while a model's circuit is open", ["model"], registry=r)
         self.rerank = Counter("sidecar_rerank", "Searches by rerank outcome", ["outcome", "reason"], registry=r)
+        self.events = Counter(
+            "sidecar_events",
+            "Search events for events_index: written, dropped (buffer or engine), failed",
+            ["result"],
+            registry=r,
+        )
+        self.events_seconds = Histogram("sidecar_events_bulk_seconds", "Time of one events _bulk request", registry=r)
         self.shadow = Counter("sidecar_shadow", "Shadowed searches: done, dropped, failed", ["result"], registry=r)
         self.shadow_overlap = Histogram(
             "sidecar_shadow_overlap_at_10",

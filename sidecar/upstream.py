@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -75,6 +76,16 @@ def default_session(settings: Settings, *, connector: aiohttp.BaseConnector | No
     # (No public switch exists; aiohttp's own TestClient turns it off the same way.)
     session._retry_connection = False
     return session
+
+
+def own_credentials(settings: Settings) -> dict[str, str]:
+    """Credentials for the sidecar's and the tools' own requests (upstream_api_key, else upstream_basic_auth)."""
+    if settings.upstream_api_key is not None:
+        return {"Authorization": "ApiKey " + settings.upstream_api_key.get_secret_value()}
+    if settings.upstream_basic_auth is not None:
+        token = base64.b64encode(settings.upstream_basic_auth.get_secret_value().encode()).decode()
+        return {"Authorization": "Basic " + token}
+    return {}
 
 
 class Upstream:
@@ -169,14 +180,25 @@ class Upstream:
             except (TimeoutError, aiohttp.ClientError) as e:
                 raise UpstreamUnavailable(f"the upstream engine broke off its reply: {type(e).__name__}") from e
 
-    async def json(self, method: str, path_qs: str, body: Any = None, timeout: float | None = None) -> Any:
-        """A small request of our own (readiness, templates); returns (status, decoded JSON)."""
+    async def json(
+        self,
+        method: str,
+        path_qs: str,
+        body: Any = None,
+        timeout: float | None = None,
+        *,
+        ndjson: bytes | None = None,
+    ) -> Any:
+        """A small request of our own (readiness, events' ``ndjson`` bulk bodies), with the settings' credentials
+        for the engine, never a client's; returns (status, decoded JSON)."""
         assert self._session is not None
-        headers = CIMultiDict({"Host": self.host_header, "Content-Type": "application/json"})
+        kind = "application/json" if ndjson is None else "application/x-ndjson"
+        headers = CIMultiDict({"Host": self.host_header, "Content-Type": kind, **own_credentials(self._settings)})
         t = aiohttp.ClientTimeout(total=timeout or self._settings.upstream_timeout_s)
+        sent: dict[str, Any] = {"json": body} if ndjson is None else {"data": ndjson}
         try:
             async with self._session.request(
-                method, self.url(path_qs), json=body, headers=headers, timeout=t, skip_auto_headers=_AUTO_HEADERS
+                method, self.url(path_qs), headers=headers, timeout=t, skip_auto_headers=_AUTO_HEADERS, **sent
             ) as resp:
                 return resp.status, await resp.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as e:  # ValueError: the reply is not JSON

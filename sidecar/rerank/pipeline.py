@@ -13,7 +13,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ from sidecar.headers import client_response_headers, reply_is_json, vendor_media
 from sidecar.metrics import Metrics
 from sidecar.rerank.breaker import CircuitBreaker
 from sidecar.rerank.capture import QueryCapture
+from sidecar.rerank.events import EventLog, event, shadow_event
 from sidecar.rerank.failures import CircuitOpen, Overloaded, ScoringFailed, ScoringTimeout
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.scorers.base import Scorer
@@ -84,6 +85,22 @@ class EngineReply:
     body: bytes | None = None
 
 
+Where = tuple[str, tuple[str, ...]]  # a search's call kind, and the indices it searched: for its event
+
+
+def _event_log(settings: Settings, upstream: Upstream, metrics: Metrics) -> EventLog:
+    assert settings.events_index is not None
+    return EventLog(
+        upstream,
+        metrics,
+        settings.events_index,
+        buffer=settings.events_buffer,
+        batch=settings.events_batch,
+        flush_s=settings.events_flush_ms / 1000,
+        timeout_s=settings.events_timeout_ms / 1000,
+    )
+
+
 class RerankPipeline:
     def __init__(self, settings: Settings, upstream: Upstream, scorer: Scorer, metrics: Metrics) -> None:
         self._settings = settings
@@ -97,11 +114,14 @@ class RerankPipeline:
         self._async_key = key.get_secret_value().encode() if key is not None else secrets.token_bytes(32)
         path = settings.capture_queries
         self._capture = None if path is None else QueryCapture(path, settings.capture_queries_max)
+        self._events = None if settings.events_index is None else _event_log(settings, upstream, metrics)
 
     async def start(self) -> None:
         await self._scorer.start()
         if self._capture is not None:
             self._capture.start()
+        if self._events is not None:
+            await self._events.start()
 
     async def close(self) -> None:
         for task in self._shadows:
@@ -110,6 +130,8 @@ class RerankPipeline:
         await self._scorer.close()
         if self._capture is not None:
             await asyncio.to_thread(self._capture.close)
+        if self._events is not None:
+            await self._events.close()
 
     def readiness(self) -> Mapping[str, Mapping[str, object]]:
         """Per model: the scorer's state, and its circuit when that is not closed."""
@@ -163,8 +185,8 @@ class RerankPipeline:
         if engine.json is None or engine.status != 200:
             return _as_sent(engine)
         if call.kind == "async_submit":
-            return _finished(engine, await self._async_reply(engine.json, decision.plan))
-        outcome = await self._rerank(engine.json, decision.plan)
+            return _finished(engine, await self._async_reply(engine.json, decision.plan, (call.kind, call.indices)))
+        outcome = await self._rerank(engine.json, decision.plan, (call.kind, call.indices))
         _add_took(engine.json, start)
         return _finished(engine, outcome)
 
@@ -198,13 +220,18 @@ class RerankPipeline:
                 return
             per_hit = await self._hit_texts(hits, plan)
             flat = [t for texts in per_hit for t in texts]
+            t1 = time.perf_counter()
             scored = self._scorer.scores(plan.model, plan.query, flat, tier=1)
             flat_scores = await asyncio.wait_for(scored, plan.timeout_s)
+            model_ms = (time.perf_counter() - t1) * 1000
         except (ScoringFailed, SidecarError, TimeoutError):
             self._metrics.shadow.labels("dropped").inc()
             return
         scores = _per_hit(per_hit, flat_scores)
         figures = await asyncio.to_thread(shadow_figures, scores)
+        if self._events is not None:
+            shown = {**asdict(figures), "would_add_ms": round(model_ms, 3)}
+            self._events.record(shadow_event(call.kind, call.indices, plan, shown, self._settings.events_include_query))
         self._metrics.shadow_overlap.observe(figures.overlap_at_10)
         self._metrics.shadow_top_rank.observe(figures.top_hit_rank)
         self._metrics.shadow_tau.observe(figures.kendall_tau)
@@ -213,7 +240,7 @@ class RerankPipeline:
 
     # -- _async_search ---------------------------------------------------------------------------------
 
-    async def _async_reply(self, envelope: dict[str, Any], plan: Plan) -> Outcome:
+    async def _async_reply(self, envelope: dict[str, Any], plan: Plan, where: Where) -> Outcome:
         """An async search's reply: its id becomes ours (carrying the plan), a complete response is reranked,
         a running or partial one is cut to the client's page in the engine's order (its progress stays true)."""
         if isinstance(envelope.get("id"), str):
@@ -224,7 +251,7 @@ class RerankPipeline:
         if envelope.get("is_running") or envelope.get("is_partial"):
             engine_page(response, plan)
             return Outcome.skipped("async_partial")
-        return await self._rerank(response, plan)
+        return await self._rerank(response, plan, where)
 
     async def _async_poll(self, call: SearchCall) -> PassThrough | EngineReply:
         """A poll, status or delete of an async search: an id of ours is unwrapped for the engine, and a poll
@@ -253,7 +280,7 @@ class RerankPipeline:
             return _finished(
                 engine, Outcome.skipped("async_status" if call.kind != "async_get" else "async_unverified")
             )
-        return _finished(engine, await self._async_reply(engine.json, ours.plan))
+        return _finished(engine, await self._async_reply(engine.json, ours.plan, (call.kind, call.indices)))
 
     # -- _search/template --------------------------------------------------------------------------------
 
@@ -358,7 +385,7 @@ class RerankPipeline:
             if plan is None or not isinstance(item, dict) or "error" in item or item.get("status", 200) != 200:
                 return None
             try:
-                outcome = await self._rerank(item, plan)
+                outcome = await self._rerank(item, plan, (call.kind, item_indices(pairs[i][0], call.indices)))
             except SidecarError as e:  # this search's 429 or strict failure; the others are served
                 merged[i] = e.body()
                 return None
@@ -402,7 +429,14 @@ class RerankPipeline:
 
     # -- scoring -----------------------------------------------------------------------------------------
 
-    async def _rerank(self, reply: dict[str, Any], plan: Plan) -> Outcome:
+    async def _rerank(self, reply: dict[str, Any], plan: Plan, where: Where) -> Outcome:
+        """``_reorder``, and the search's event (``where``: the call's kind and the indices searched)."""
+        outcome = await self._reorder(reply, plan)
+        if self._events is not None:
+            self._events.record(event(*where, plan, outcome, self._settings.events_include_query))
+        return outcome
+
+    async def _reorder(self, reply: dict[str, Any], plan: Plan) -> Outcome:
         """Splice the model's order into ``reply``; if scoring fails, the engine's page (or raise, strict).
 
         A cascade reorders the top of the window stage by stage; the last stage's scores are the reply's."""

@@ -50,6 +50,7 @@ class Plan:
     timeout_s: float = 10.0  # model deadline
     budget_s: float | None = None  # latency budget: rerank the head that fits, None: the whole window
     steps: tuple[Step, ...] = ()  # a cascade; empty: one step, ``model`` on the whole window
+    rule: str | None = None  # the index pattern of the rule that matched, if one did
 
     @property
     def cascade(self) -> tuple[Step, ...]:
@@ -246,6 +247,7 @@ def _plan(
         timeout_s=((rule.rerank_timeout_ms if rule else None) or settings.rerank_timeout_ms) / 1000,
         budget_s=_budget_s(request, rule, settings),
         steps=_steps(request.stages or (), model, n),
+        rule=rule.index if rule else None,
     )
 
 

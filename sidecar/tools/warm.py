@@ -7,7 +7,6 @@ interruption only embeds the rest.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from sidecar.rerank.scorers.embeddings import MemoryCache, SqliteStore
 from sidecar.search.hits import document_texts
 from sidecar.search.plan import match_rule
 from sidecar.tools.engine_client import EngineClient
+from sidecar.upstream import own_credentials
 
 _SCROLL = "5m"
 
@@ -33,16 +33,6 @@ class Warmed:
     documents: int
     embedded: int  # texts embedded now
     skipped: int  # texts the store held already
-
-
-def engine_headers(settings: Settings) -> dict[str, str]:
-    """Credentials from the settings (or SIDECAR_UPSTREAM_API_KEY / SIDECAR_UPSTREAM_BASIC_AUTH)."""
-    if settings.upstream_api_key is not None:
-        return {"Authorization": "ApiKey " + settings.upstream_api_key.get_secret_value()}
-    if settings.upstream_basic_auth is not None:
-        token = base64.b64encode(settings.upstream_basic_auth.get_secret_value().encode()).decode()
-        return {"Authorization": "Basic " + token}
-    return {}
 
 
 def scroll(client: EngineClient, index: str, fields: tuple[str, ...], batch: int) -> Iterator[list[dict[str, Any]]]:
@@ -79,7 +69,7 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
     from sidecar.rerank.scorers.embeddings import Embeddings
 
     embeddings = Embeddings(loaded.space, MemoryCache(0), store)
-    client = EngineClient(str(settings.upstream).rstrip("/"), headers=engine_headers(settings))
+    client = EngineClient(str(settings.upstream).rstrip("/"), headers=own_credentials(settings))
     total = client.count(index)
     read = fields or rule.fields
     documents = embedded = skipped = 0
