@@ -1,10 +1,12 @@
 """`es_templates/`: read the folder and install it into an engine, idempotently, reporting what changed.
 
-Besides the index side (component, index and search templates), the folder holds the engines' own rerank features
-pointed at the sidecar's rerank API: an Elasticsearch `_inference` rerank endpoint (the `custom` service), and for
-OpenSearch an ml-commons connector, the remote model on it and a search pipeline with the `rerank` processor.
+Besides the index side (component, index and search templates), the folder holds the retention of the sidecar's
+events indices (an Elasticsearch ILM policy, an OpenSearch ISM policy: each engine installs its own and reports the
+other's `unsupported`), and the engines' own rerank features pointed at the sidecar's rerank API: an Elasticsearch
+`_inference` rerank endpoint (the `custom` service), and for OpenSearch an ml-commons connector, the remote model on it
+and a search pipeline with the `rerank` processor.
 Their files hold placeholders, `{{name}}`, filled in as they are installed: `sidecar_url` and `rerank_api_key`
-from the caller, `connector_id` and `model_id` from the objects installed before them.
+from the caller, `ilm_policy`, `connector_id` and `model_id` from the objects installed before them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from sidecar.tools.engine_client import EngineClient, EngineError
 
 # Folder -> (API path, key holding the objects in a GET reply, key of the object body in each entry)
 _KINDS = {
+    "ilm_policies": ("/_ilm/policy/", None, None),  # Elasticsearch index lifecycle management
+    "ism_policies": ("/_plugins/_ism/policies/", None, None),  # OpenSearch index state management
     "component_templates": ("/_component_template/", "component_templates", "component_template"),
     "index_templates": ("/_index_template/", "index_templates", "index_template"),
     "search_templates": ("/_scripts/", None, "script"),
@@ -31,8 +35,10 @@ _KINDS = {
     "ml_models": ("/_plugins/_ml/models/", None, None),
     "search_pipelines": ("/_search/pipeline/", None, None),  # OpenSearch
 }
-# An index template needs its components; a model its connector; a pipeline its model.
+# An index template needs its components (and the ILM policy it names); a model its connector; a pipeline its model.
 _ORDER = (
+    "ilm_policies",
+    "ism_policies",
     "component_templates",
     "index_templates",
     "search_templates",
@@ -45,7 +51,10 @@ _ORDER = (
 # `{{name}}` in a template's strings. The caller gives the first two; `apply` learns the others as it goes.
 # Any other `{{...}}` (the search template's mustache) is the engine's and stays as it is.
 PLACEHOLDERS = ("sidecar_url", "rerank_api_key")
-_LEARNED = ("connector_id", "model_id")
+_LEARNED = ("ilm_policy", "connector_id", "model_id")
+# Learned only where the engine has the API: a setting whose whole value is one of these, still without a value, is
+# left out rather than the template skipped (`index.lifecycle.name` is an unknown setting to OpenSearch and osmem).
+_OPTIONAL = ("ilm_policy",)
 _PLACEHOLDER = re.compile(r"\{\{(" + "|".join(PLACEHOLDERS + _LEARNED) + r")\}\}")
 # Secrets the engine stores but never returns: left out when comparing with what it holds.
 _SECRETS = ("secret_parameters", "credential")
@@ -114,8 +123,23 @@ def render(body: Any, values: Mapping[str, str]) -> Any:
 
 
 def _filled(t: Template, known: Mapping[str, str]) -> Any:
-    """The template's body with its placeholders filled, or None when one of them has no value yet."""
-    return render(t.body, known) if placeholders(t.body) <= known.keys() else None
+    """The template's body with its placeholders filled, or None when one of them has no value yet (an optional one
+    without a value takes its setting with it)."""
+    body = _without_unset(t.body, {f"{{{{{name}}}}}" for name in _OPTIONAL if name not in known})
+    return render(body, known) if placeholders(body) <= known.keys() else None
+
+
+def _without_unset(body: Any, unset: set[str]) -> Any:
+    """``body`` without the entries whose value is one of the ``unset`` placeholders, nor the objects that held only
+    such entries."""
+    if not isinstance(body, dict):
+        return body
+    out = {}
+    for k, v in body.items():
+        kept = _without_unset(v, unset)
+        if not (isinstance(v, str) and v in unset) and not (isinstance(v, dict) and v and not kept):
+            out[k] = kept
+    return out
 
 
 def apply(
@@ -134,6 +158,14 @@ def _apply_one(client: EngineClient, t: Template, known: dict[str, str]) -> str:
         return _apply_connector(client, t, known)
     if t.kind == "ml_models":
         return _apply_model(client, t, known)
+    outcome = _apply_put(client, t, known)
+    if t.kind == "ilm_policies" and outcome in ("created", "updated", "unchanged"):
+        known["ilm_policy"] = t.name  # the events index template names it in `index.lifecycle.name`
+    return outcome
+
+
+def _apply_put(client: EngineClient, t: Template, known: dict[str, str]) -> str:
+    """An object the engine keeps under its name: GET it, compare, PUT it when it differs."""
     current = _current(client, t)
     if current is _UNSUPPORTED:
         return "unsupported"
@@ -145,12 +177,19 @@ def _apply_one(client: EngineClient, t: Template, known: dict[str, str]) -> str:
     if current is not None and t.kind == "inference_endpoints":
         client.request("DELETE", t.path)  # an endpoint's settings are not updatable in place (only its secrets)
     try:
-        client.request("PUT", t.path, body)
+        client.request("PUT", _put_path(t, current), body)
     except EngineError as e:
         if e.status in (400, 404, 405) and _no_handler(e.body):
             return "unsupported"
         raise
     return "created" if current is None else "updated"
+
+
+def _put_path(t: Template, current: dict[str, Any] | None) -> str:
+    """ISM updates a policy only with the sequence number and primary term of the version it replaces."""
+    if t.kind == "ism_policies" and current is not None:
+        return f"{t.path}?if_seq_no={current['_seq_no']}&if_primary_term={current['_primary_term']}"
+    return t.path
 
 
 _UNSUPPORTED: dict[str, Any] = {}
@@ -161,9 +200,11 @@ def _current(client: EngineClient, t: Template) -> dict[str, Any] | None:
     if not isinstance(reply, dict) or _is_error(reply):
         return _UNSUPPORTED if _no_handler(reply) else None
     _, list_key, body_key = _KINDS[t.kind]
-    if t.kind == "search_pipelines":  # GET _search/pipeline/<id> -> {"<id>": {...}}
-        pipeline: dict[str, Any] | None = reply.get(t.name)
-        return pipeline
+    if t.kind in ("search_pipelines", "ilm_policies"):  # GET <kind>/<id> -> {"<id>": {...}} ({"policy": ...} for ILM)
+        by_id: dict[str, Any] | None = reply.get(t.name)
+        return by_id
+    if t.kind == "ism_policies":  # {"_id", "_seq_no", "_primary_term", "policy": {...}}: the numbers guard an update
+        return reply if "policy" in reply else None
     if list_key is None:  # GET _scripts/<id> -> {"_id", "found", "script": {...}}
         return {"script": reply["script"]} if reply.get("found") else None
     for entry in reply.get(list_key, []):
@@ -264,14 +305,18 @@ def _is_error(reply: dict[str, Any]) -> bool:
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted paths to string values: `settings.index.x` and `settings.x` compare equal, as do 1 and "1"."""
+    """Dotted paths to string values: `settings.index.x` and `settings.x` compare equal, as do 1 and "1". A list is
+    its length and its items by position, so an item may hold more than was sent (the defaults an engine adds, such as
+    ISM's `retry` on each action) and still compare equal, while an item added or removed does not."""
     out: dict[str, str] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
             key = f"{prefix}.{k}" if prefix else str(k)
             out.update(_flat(v, key.replace("settings.index.", "settings.")))
     elif isinstance(obj, list):
-        out[prefix] = json.dumps([_flat(v) if isinstance(v, dict | list) else str(v) for v in obj], sort_keys=True)
+        out[f"{prefix}.#"] = str(len(obj))
+        for i, v in enumerate(obj):
+            out.update(_flat(v, f"{prefix}[{i}]"))
     else:
         out[prefix] = json.dumps(obj) if isinstance(obj, str) and obj.startswith("{") else str(obj).lower()
     return out

@@ -17,8 +17,11 @@ from sidecar.tools.templates import default_dir, load
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = {
+    "/_ilm/policy/rerank-sidecar-events",
+    "/_plugins/_ism/policies/rerank-sidecar-events",
     "/_component_template/rerank-sidecar-english",
     "/_component_template/rerank-sidecar-passages",
+    "/_index_template/rerank-sidecar-events",
     "/_index_template/rerank-sidecar-passages",
     "/_scripts/rerank-sidecar-bm25",
     "/_inference/rerank/rerank-sidecar",

@@ -63,7 +63,11 @@ def test_templates_apply_through_the_sidecar_idempotently(
     proxy = make_sidecar(engine)
     assert main(["templates", "apply", "--target", proxy.url]) == 0
     first = capsys.readouterr().out.split("\n")
+    # the events indices' retention: Elasticsearch's ILM, OpenSearch's ISM; osmem has neither
+    assert "unsupported  /_ilm/policy/rerank-sidecar-events" in first
+    assert "unsupported  /_plugins/_ism/policies/rerank-sidecar-events" in first
     assert "created      /_component_template/rerank-sidecar-english" in first
+    assert "created      /_index_template/rerank-sidecar-events" in first  # without the ILM setting osmem refuses
     assert "created      /_index_template/rerank-sidecar-passages" in first
     assert "unsupported  /_scripts/rerank-sidecar-bm25" in first  # osmem has no stored search templates
     # nor _inference (Elasticsearch's) or ml-commons and search pipelines (OpenSearch's): reported, not failed
@@ -73,7 +77,7 @@ def test_templates_apply_through_the_sidecar_idempotently(
     assert "unsupported  /_search/pipeline/rerank-sidecar" in first
     assert main(["templates", "apply", "--target", proxy.url]) == 0
     second = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert second == ["unchanged", "unchanged", "unchanged"] + ["unsupported"] * 5
+    assert second == ["unsupported"] * 2 + ["unchanged"] * 4 + ["unsupported"] * 5
 
     # with the sidecar's URL and a key, the native items are still unsupported on osmem, and nothing fails
     native = ["--sidecar-url", proxy.url, "--rerank-api-key", "k-test"]

@@ -77,6 +77,37 @@ def test_the_stack_is_wired_through_the_sidecar_with_health_checks(name: str) ->
     assert "SIDECAR_CONFIG=/app/es_templates/sidecar.yaml" in config
 
 
+# The UI's saved-objects import API: its CSRF header, and the folder of es_templates/ it imports.
+IMPORTS = {
+    "docker-compose.yml": ("kbn-xsrf: true", "kibana"),
+    "docker-compose.opensearch.yml": ("osd-xsrf: true", "opensearch_dashboards"),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_a_one_shot_job_imports_the_events_dashboard_once_the_ui_is_healthy(name: str) -> None:
+    engine, ui = STACKS[name]
+    header, folder = IMPORTS[name]
+    services = _load(name)["services"]
+    job = services["import-dashboards"]
+    assert job["depends_on"] == {ui: {"condition": "service_healthy"}} and "restart" not in job  # runs once
+    assert job["image"] == services[engine]["image"]  # the engine's image: it has the curl its health check uses
+    script = " ".join(job["command"])
+    assert f'-H "{header}"' in script
+    assert f'-X POST "http://{ui}:5601/api/saved_objects/_import?overwrite=true"' in script
+    assert "grep -q '\"success\":true'" in script  # the API answers 200 even when an object fails to import
+    file = re.search(r'-F "file=@(/[^"]+\.ndjson)"', script)
+    assert file is not None, script
+    mounts = dict(v.removesuffix(":ro").split(":")[::-1] for v in job["volumes"])
+    (target, source) = next((t, s) for t, s in mounts.items() if file.group(1).startswith(t + "/"))
+    host = (DOCKER / source).resolve() / file.group(1).removeprefix(target + "/")
+    assert host == ROOT / "es_templates" / folder / "rerank-sidecar-events.ndjson" and host.is_file()
+    if name == "docker-compose.yml":  # security is on: the import logs in as elastic, the password from .env
+        assert (
+            '-u "elastic:${ELASTIC_PASSWORD}"' in script and "ELASTIC_PASSWORD=change-me-elastic" in job["environment"]
+        )
+
+
 def test_elasticsearch_runs_with_security_and_a_password_from_env() -> None:
     es = _load("docker-compose.yml")["services"]["elasticsearch"]["environment"]
     assert "xpack.security.enabled=true" in es
