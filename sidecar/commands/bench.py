@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.commands.errors import UsageError
-from sidecar.tools.embedded import engine_at, packaged_model
+from sidecar.tools.embedded import DISTILLED, engine_at, packaged_model
+
+_CROSS_ENCODER = (
+    f"the MiniLM-L6 cross-encoder measured (default: {DISTILLED} when `distill` has built it, else a fresh "
+    "untrained head: its speed is real, its quality is not)"
+)
 
 
 def register(sub: Any) -> None:
@@ -37,6 +42,7 @@ def register(sub: Any) -> None:
     scorer.add_argument("--batch-tokens", type=int, help="padded tokens per model batch (default: by device)")
     scorer.add_argument("--clients", default="1,4,16", help="concurrency levels for the latency table")
     scorer.add_argument("--latency-queries", type=int, default=16, help="top-100 requests per latency level")
+    scorer.add_argument("--cross-encoder", type=Path, help=_CROSS_ENCODER)
     scorer.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-minilm-ce")
     scorer.set_defaults(run=run_scorer)
 
@@ -48,6 +54,7 @@ def register(sub: Any) -> None:
     load.add_argument("--budget-ms", type=float, default=300, help="the latency budget (default: %(default)s)")
     load.add_argument("--queries", type=int, help="only the first N judged queries")
     load.add_argument("--precision", default="auto", help="serving precision (default: %(default)s)")
+    load.add_argument("--cross-encoder", type=Path, help=_CROSS_ENCODER)
     load.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-load")
     load.set_defaults(run=run_load)
 
@@ -59,7 +66,8 @@ def run_scorer(args: argparse.Namespace) -> int:
     folder = (args.data or default_data_dir()) / "trec_dl19"
     if not (folder / "bm25_top100.jsonl").exists():
         raise UsageError(f"bench scorer: {folder}/bm25_top100.jsonl not found; pass --data")
-    model = str(scorer.build_cross_encoder(packaged_model(), args.work))
+    model, trained = scorer.cross_encoder(args.cross_encoder, args.work)
+    print(f"cross-encoder: {model} ({'trained' if trained else 'untrained head: speed only'})", flush=True)
     rows = candidates(folder)
     requests = scorer.requests_from(rows, args.queries)
     print(scorer.describe(requests, model), flush=True)
@@ -83,9 +91,9 @@ def run_load(args: argparse.Namespace) -> int:
     folder = (args.data or default_data_dir()) / args.dataset
     if not (folder / "qrels.txt").exists():
         raise UsageError(f"bench load: {folder}/qrels.txt not found; pass --data")
-    cross = str(scorer.build_cross_encoder(packaged_model(), args.work / "minilm-ce"))
+    cross, trained = scorer.cross_encoder(args.cross_encoder, args.work / "minilm-ce")
     store = args.work / f"embeddings-{args.precision}.sqlite"
-    known = load.setups(str(packaged_model()), cross, args.budget_ms, store)
+    known = load.setups(str(packaged_model()), cross, args.budget_ms, store, trained=trained)
     chosen = [known[name] for name in args.setups.split(",") if name in known]
     if not chosen:
         raise UsageError(f"bench load: --setups takes some of {', '.join(known)}")

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Where `rerank-sidecar distill` is told to put the offline cross-encoder that benchmarks measure (README)
+DISTILLED = Path.home() / ".cache" / "rerank-sidecar" / "distilled-minilm-l6" / "best"
+
 
 class MissingExtra(Exception):
     """A package of the `demo` extra is not installed."""

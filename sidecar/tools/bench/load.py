@@ -97,16 +97,18 @@ async def _closed_loop(url: str, index: str, queries: Sequence[tuple[str, str]],
     return _Pass(time.perf_counter() - start, latencies, run, fractions, fallbacks)
 
 
-def setups(bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path) -> dict[str, Setup]:
+def setups(
+    bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path, *, trained: bool = False
+) -> dict[str, Setup]:
     """The whole window, a budget, a cascade, a warm store, and the cascade over the warm store."""
     models = {"models": {"bi": {"path": bi_encoder}, "ce": {"path": cross_encoder}}}
     cascade = [{"model": "bi", "window_size": 100}, {"model": "ce", "window_size": 20}]
-    untrained = "cross-encoder head untrained offline: its latency is real, its quality is not"
+    second = "cross-encoder (distilled)" if trained else "cross-encoder, untrained head: real latency, not quality"
     stored = {**models, "embedding_store": str(store)}
     return {
         "full": Setup("full", {}, note="bi-encoder, whole window, as without a budget"),
         "budget": Setup("budget", {"rerank_budget_ms": budget_ms}, note=f"bi-encoder, {budget_ms:.0f} ms budget"),
-        "cascade": Setup("cascade", {"stages": cascade, "rerank_budget_ms": budget_ms}, models, note=untrained),
+        "cascade": Setup("cascade", {"stages": cascade, "rerank_budget_ms": budget_ms}, models, note=second),
         "store": Setup(
             "store",
             {"rerank_budget_ms": budget_ms},
@@ -118,7 +120,7 @@ def setups(bi_encoder: str, cross_encoder: str, budget_ms: float, store: Path) -
             "cascade-store",
             {"stages": cascade, "rerank_budget_ms": budget_ms},
             stored,
-            note=f"bi-encoder from the warm store, then {untrained}",
+            note=f"bi-encoder from the warm store, then {second}",
             warm=True,
         ),
     }

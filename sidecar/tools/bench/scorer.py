@@ -30,6 +30,18 @@ def build_cross_encoder(source: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def cross_encoder(given: Path | None, work: Path) -> tuple[str, bool]:
+    """The cross-encoder a benchmark measures, and whether it is trained: ``given``, else the one `distill`
+    built into ``DISTILLED``, else a fresh head on the packaged encoder (the shape and cost, not the quality)."""
+    from sidecar.tools.embedded import DISTILLED, packaged_model
+
+    if given is not None:
+        return str(given), True
+    if (DISTILLED / "config.json").exists():
+        return str(DISTILLED), True
+    return str(build_cross_encoder(packaged_model(), work)), False
+
+
 def parse_contenders(spec: str) -> list[tuple[str, str]]:
     """``auto,fp32,onnx:int8`` -> [(backend, precision)]: a bare precision runs on backend auto."""
     out = []
