@@ -50,9 +50,14 @@ def register(sub: Any) -> None:
     load.add_argument("--data", type=Path, help="folder holding the dataset (default: $SIDECAR_DATA_DIR)")
     load.add_argument("--dataset", default="trec_dl19", help="a TREC DL folder (default: %(default)s)")
     load.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
-    load.add_argument("--setups", default="full,budget,cascade,store,cascade-store", help="which ones, in order")
+    load.add_argument(
+        "--setups",
+        default="full,budget,cascade,store,cascade-store",
+        help="which ones, in order (also: shadow-off,shadow)",
+    )
     load.add_argument("--budget-ms", type=float, default=300, help="the latency budget (default: %(default)s)")
     load.add_argument("--queries", type=int, help="only the first N judged queries")
+    load.add_argument("--repeat", type=int, default=1, help="send each query this many times per pass")
     load.add_argument("--precision", default="auto", help="serving precision (default: %(default)s)")
     load.add_argument("--cross-encoder", type=Path, help=_CROSS_ENCODER)
     load.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-load")
@@ -108,8 +113,11 @@ def run_load(args: argparse.Namespace) -> int:
             precision=args.precision,
             queries=args.queries,
             workdir=args.work,
+            repeat=args.repeat,
         )
     print(load.report(folder.name, bm25, rows))
+    if shadow := load.shadow_report(rows):
+        print("\n" + shadow)
     return 0
 
 

@@ -54,6 +54,9 @@ class Row:
     ndcg10: float
     note: str = ""
     run: evaluation.Run = field(default_factory=dict)
+    served_p50_ms: float = 0.0
+    served_p99_ms: float = 0.0
+    shadow: dict[str, float] = field(default_factory=dict)  # shadow work by result (done, dropped, failed)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,9 @@ def setups(
             note=f"bi-encoder from the warm store, then {second}",
             warm=True,
         ),
+        # shadow mode's cost: the engine's order served, 10% of searches reranked afterwards, against 0%
+        "shadow-off": Setup("shadow-off", {"mode": "shadow", "shadow_sample": 0.0}, note="shadow mode, sample 0"),
+        "shadow": Setup("shadow", {"mode": "shadow", "shadow_sample": 0.1}, note="shadow mode, sample 0.1"),
     }
 
 
@@ -167,10 +173,11 @@ def measure(
     precision: str,
     queries: int | None,
     workdir: Path,
+    repeat: int = 1,
 ) -> tuple[float, list[Row]]:
-    """(nDCG@10 of the engine alone, one row per setup and client count)."""
+    """(nDCG@10 of the engine alone, one row per setup and client count); each query is sent ``repeat`` times."""
     judgments = datasets.qrels(dataset)
-    asked = [(q, t) for q, t in datasets.queries(dataset).items() if q in judgments][:queries]
+    asked = [(q, t) for q, t in datasets.queries(dataset).items() if q in judgments][:queries] * repeat
     index = f"bench-load-{dataset.name}".lower()
     index_dataset(EngineClient(engine), index, dataset)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +188,9 @@ def measure(
         with _sidecar(engine, workdir, index, setup, model, precision) as url:
             for n in levels:
                 base = asyncio.run(_closed_loop(engine, index, asked, n, 100))  # the engine alone, just before
+                before = _shadow_counts(url)
                 via = asyncio.run(_closed_loop(url, index, asked, n, 100))
+                shadow = _settled_shadow(url, before) if setup.rule.get("mode") == "shadow" else {}
                 rows.append(
                     Row(
                         setup.name,
@@ -194,10 +203,59 @@ def measure(
                         evaluation.measure(judgments, via.run, 2).mean["nDCG@10"],
                         setup.note,
                         via.run,
+                        percentile(via.latencies_ms, 50),
+                        percentile(via.latencies_ms, 99),
+                        shadow,
                     )
                 )
                 print(f"  {setup.name}, {n} clients: {rows[-1].ndcg10:.4f} nDCG@10", flush=True)
     return bm25, rows
+
+
+def _shadow_counts(url: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/_sidecar/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        s.labels["result"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "sidecar_shadow"
+        for s in f.samples
+        if s.name == "sidecar_shadow_total"
+    }
+
+
+def _settled_shadow(
+    url: str, before: dict[str, float], quiet_s: float = 1.0, limit_s: float = 120.0
+) -> dict[str, float]:
+    """Shadow work by result since ``before``, once the counts have stopped moving (the last reranks finish after
+    the last reply)."""
+    start, last, still = time.monotonic(), _shadow_counts(url), time.monotonic()
+    while time.monotonic() - still < quiet_s and time.monotonic() - start < limit_s:
+        time.sleep(0.2)
+        now = _shadow_counts(url)
+        if now != last:
+            last, still = now, time.monotonic()
+    return {k: v - before.get(k, 0.0) for k, v in last.items()}
+
+
+def shadow_report(rows: Sequence[Row]) -> str:
+    """Served latency with shadow sampling against shadow off, at each client count, and the shadow work's fate."""
+    off = {r.clients: r for r in rows if r.setup == "shadow-off"}
+    lines = []
+    for r in rows:
+        if r.setup == "shadow" and r.clients in off:
+            o = off[r.clients]
+            work = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.shadow.items())) or "none"
+            lines.append(
+                f"shadow 0.1 vs off at {r.clients} clients: served p50 {r.served_p50_ms:.0f} vs {o.served_p50_ms:.0f} "
+                f"ms ({r.served_p50_ms / max(o.served_p50_ms, 1e-9):.2f}x), p99 {r.served_p99_ms:.0f} vs "
+                f"{o.served_p99_ms:.0f} ms ({r.served_p99_ms / max(o.served_p99_ms, 1e-9):.2f}x); shadow work: {work}"
+            )
+    return "\n".join(lines)
 
 
 def report(dataset: str, bm25: float, rows: Sequence[Row]) -> str:
