@@ -22,7 +22,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
     """Build the app. ``scorer`` is a seam for tests; by default the models from settings, local and remote."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_search_body_bytes)
     metrics = Metrics()
-    upstream = Upstream(settings)
+    upstream = Upstream(settings, metrics=metrics)
     if scorer is None:
         from sidecar.rerank.scorers.router import default_scorer
 

@@ -5,12 +5,23 @@ from __future__ import annotations
 import itertools
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import CoreSchema, core_schema
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -192,6 +203,54 @@ class ModelSpec(_Frozen):
         return self.activation != "none" or (self.api is not None and self.api in _PROBABILITY_APIS)
 
 
+class UpstreamNodes(tuple[AnyHttpUrl, ...]):
+    """The engine's nodes (one, or several of one cluster, or its coordinating tier), in the order given.
+
+    Given as one URL, a comma-separated list (a flag, an environment variable, a YAML string) or a YAML list. Only
+    each URL's origin is used (scheme, host, port; a path or user info is ignored, as with one URL), and each
+    origin may appear once. All nodes share one scheme: the upstream_* TLS settings are one set for the whole
+    upstream, and a cluster half behind TLS would send some of the clients' credentials in clear text (a mix is
+    a typo far more often than a design). ``str()`` gives the comma-separated form back.
+    """
+
+    __slots__ = ()
+
+    @property
+    def scheme(self) -> str:
+        """The nodes' one scheme, http or https."""
+        return self[0].scheme
+
+    def __str__(self) -> str:
+        return ",".join(str(url) for url in self)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        urls = core_schema.tuple_schema([handler.generate_schema(AnyHttpUrl)], variadic_item_index=0, min_length=1)
+        return core_schema.no_info_before_validator_function(
+            _split_nodes,
+            core_schema.no_info_after_validator_function(cls._checked, urls),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda nodes: [str(u) for u in nodes]),
+        )
+
+    @classmethod
+    def _checked(cls, urls: tuple[AnyHttpUrl, ...]) -> UpstreamNodes:
+        if len({url.scheme for url in urls}) > 1:
+            raise ValueError("every upstream node needs the same scheme (all http or all https)")
+        origins = [(url.scheme, url.host, url.port) for url in urls]
+        if len(set(origins)) != len(origins):
+            raise ValueError("an upstream node is listed twice")
+        return cls(urls)
+
+
+def _split_nodes(value: Any) -> Any:
+    """``"http://a:9200, http://b:9200"`` -> a list of two; anything else is left to the tuple's own validation."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, AnyHttpUrl):
+        return [value]
+    return value
+
+
 class Settings(BaseSettings):
     """Every field is a flag (`--field-name`), an environment variable (`SIDECAR_FIELD_NAME`) and a YAML key."""
 
@@ -203,7 +262,12 @@ class Settings(BaseSettings):
     )
 
     config: Path | None = Field(None, description="YAML file with any of these keys")
-    upstream: AnyHttpUrl = Field(AnyHttpUrl("http://127.0.0.1:9200"), description="the one engine behind us")
+    upstream: Annotated[UpstreamNodes, NoDecode] = Field(
+        UpstreamNodes((AnyHttpUrl("http://127.0.0.1:9200"),)),
+        description="the engine behind us: one URL, or its nodes (or coordinating tier) comma-separated (a list in "
+        "YAML), all http or all https: requests go round-robin to the live ones, a node that fails to connect or "
+        "times out rests for a backoff, reads are retried on another node, writes never",
+    )
     listen: str = Field("127.0.0.1:8080", description="host:port to serve on")
     compat_media_types: bool = Field(
         False,
@@ -214,6 +278,13 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
     upstream_timeout_s: float = Field(60.0, gt=0, description="max wait for upstream bytes (first byte and between)")
     retry_deadline_s: float = Field(10.0, ge=0, description="total time idempotent reads may spend retrying")
+    upstream_dead_backoff_s: float = Field(
+        1.0,
+        gt=0,
+        description="a node that fails (connection error or timeout; an HTTP error is an answer) gets no requests "
+        "for this long, doubled at each failure in a row, while another node is live",
+    )
+    upstream_max_dead_backoff_s: float = Field(30.0, gt=0, description="the longest a failed node rests")
     shutdown_grace_s: float = Field(30.0, ge=0, description="SIGTERM: time in-flight requests get to finish")
     header_timeout_s: float = Field(
         10.0,

@@ -24,6 +24,12 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.upstream_node_up = Gauge(
+            "sidecar_upstream_node_up",
+            "1 while an upstream node answers; 0 from a connection failure or timeout until it answers again",
+            ["node"],
+            registry=r,
+        )
         self.rerank_seconds = Histogram("sidecar_rerank_seconds", "Model time per search", buckets=_LATENCY, registry=r)
         self.window = Histogram(
             "sidecar_rerank_window",

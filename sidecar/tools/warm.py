@@ -69,7 +69,8 @@ def warm(settings: Settings, index: str, *, fields: tuple[str, ...] | None, mode
     from sidecar.rerank.scorers.embeddings import Embeddings
 
     embeddings = Embeddings(loaded.space, MemoryCache(0), store)
-    client = EngineClient(str(settings.upstream).rstrip("/"), headers=own_credentials(settings))
+    # The first node: a scroll is one client's run of requests, and a tool needs no node pool.
+    client = EngineClient(str(settings.upstream[0]).rstrip("/"), headers=own_credentials(settings))
     total = client.count(index)
     read = fields or rule.fields
     documents = embedded = skipped = 0

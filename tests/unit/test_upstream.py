@@ -1,5 +1,5 @@
-"""Upstream: errors translated where aiohttp is touched, reads retried under a real deadline, writes never, and
-every request goes to the configured origin.
+"""Upstream: errors translated where aiohttp is touched, reads retried under a real deadline (on another node when
+there is one), writes never, and every request goes to a configured node with that node's Host header.
 
 Most tests open no socket: the session comes from ``default_session`` (the app's own settings) with a connector
 that connects nowhere. Those that need a real reply use an in-process server on loopback.
@@ -25,7 +25,8 @@ from yarl import URL
 
 from sidecar.config import Settings
 from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
-from sidecar.upstream import Upstream, default_session
+from sidecar.metrics import Metrics
+from sidecar.upstream import Clock, Upstream, default_session
 
 ORIGIN = "http://127.0.0.1:9200"
 
@@ -69,6 +70,31 @@ class RefusesFirst(aiohttp.TCPConnector):
         return await super()._create_connection(req, traces, timeout)
 
 
+class RefusesPort(aiohttp.TCPConnector):
+    """A real TCP pool that refuses every connect to ``port`` (a node that is down) and counts connects by port."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.attempts: dict[int | None, int] = {}
+
+    async def _create_connection(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        self.attempts[req.url.port] = self.attempts.get(req.url.port, 0) + 1
+        if req.url.port == self.port:
+            raise aiohttp.ClientConnectorError(req.connection_key, ConnectionRefusedError(111, "Connection refused"))
+        return await super()._create_connection(req, traces, timeout)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 MakeUpstream = Callable[..., Awaitable[Upstream]]
 
 
@@ -76,11 +102,20 @@ MakeUpstream = Callable[..., Awaitable[Upstream]]
 async def make_upstream() -> AsyncIterator[MakeUpstream]:
     started: list[Upstream] = []
 
-    async def make(connector: aiohttp.BaseConnector | None = None, upstream: str = ORIGIN, **kw: Any) -> Upstream:
+    async def make(
+        connector: aiohttp.BaseConnector | None = None,
+        upstream: str = ORIGIN,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        **kw: Any,
+    ) -> Upstream:
         settings = Settings(upstream=upstream, **kw)
         up = Upstream(
             settings,
             session_factory=None if connector is None else lambda: default_session(settings, connector=connector),
+            metrics=metrics,
+            **({} if clock is None else {"clock": clock}),
         )
         await up.start()
         started.append(up)
@@ -208,6 +243,7 @@ class Engine:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
+        self.hosts: list[str | None] = []
         self.release = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -215,6 +251,9 @@ class Engine:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append((request.method, request.raw_path, request.headers.get("X-Opaque-Id")))
+        self.hosts.append(request.headers.get("Host"))
+        if request.path == "/busy":
+            return web.json_response({"error": "busy"}, status=503)
         if request.path == "/stall":
             await self.release.wait()
         if request.path == "/html":
@@ -223,12 +262,24 @@ class Engine:
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[Engine]:
-    e = Engine()
-    await e.server.start_server()
-    yield e
-    e.release.set()
-    await e.server.close()
+async def make_engine() -> AsyncIterator[Callable[[], Awaitable[Engine]]]:
+    started: list[Engine] = []
+
+    async def make() -> Engine:
+        e = Engine()
+        await e.server.start_server()
+        started.append(e)
+        return e
+
+    yield make
+    for e in started:
+        e.release.set()
+        await e.server.close()
+
+
+@pytest.fixture
+async def engine(make_engine: Callable[[], Awaitable[Engine]]) -> Engine:
+    return await make_engine()
 
 
 async def test_a_reply_comes_back_as_the_engine_sent_it(make_upstream: MakeUpstream, engine: Engine) -> None:
@@ -336,3 +387,119 @@ async def test_the_default_session_reaches_a_real_socket(make_upstream: MakeUpst
     up = await make_upstream(upstream=f"http://127.0.0.1:{port}", retry_deadline_s=0)
     with pytest.raises(UpstreamUnavailable):
         await _status(up, "GET", "/", retry=True)
+
+
+# --- several nodes ------------------------------------------------------------------------------------------------
+
+MakeEngine = Callable[[], Awaitable[Engine]]
+
+
+def _origin(e: Engine) -> str:
+    return str(e.server.make_url("/"))
+
+
+def _nodes(*origins: str) -> str:
+    return ",".join(origins)
+
+
+async def test_requests_spread_over_the_nodes_each_with_its_own_host(
+    make_upstream: MakeUpstream, make_engine: MakeEngine
+) -> None:
+    one, two = await make_engine(), await make_engine()
+    up = await make_upstream(aiohttp.TCPConnector(), upstream=_nodes(_origin(one), _origin(two)))
+    headers = CIMultiDict({"Host": up.host_header})  # what the forwarder builds: the first node's authority
+    for retry in (False, True, False, True):
+        async with up.request("GET", "/docs/_search", headers, None, retry=retry) as resp:
+            assert resp.status == 200
+    assert len(one.seen) == len(two.seen) == 2
+    assert one.hosts == [one.server.make_url("/").raw_authority] * 2
+    assert two.hosts == [two.server.make_url("/").raw_authority] * 2
+    assert headers["Host"] == up.host_header  # the caller's headers are left as they were
+
+
+async def test_a_read_refused_by_one_node_is_answered_by_another(make_upstream: MakeUpstream, engine: Engine) -> None:
+    """The first node is down: the read goes on to the live one at once, and later requests skip the dead one."""
+    connector = RefusesPort(9)
+    up = await make_upstream(connector, upstream=_nodes("http://127.0.0.1:9", _origin(engine)), retry_deadline_s=5)
+    assert await _status(up, "POST", "/docs/_search", retry=True, body=b"{}") == 200
+    for _ in range(4):
+        assert await _status(up, "GET", "/docs/_doc/1", retry=False) == 200  # not even a write-safe try on node 1
+    assert connector.attempts[9] == 1 and len(engine.seen) == 5
+
+
+async def test_a_write_refused_by_its_node_is_not_sent_to_another(make_upstream: MakeUpstream, engine: Engine) -> None:
+    connector = RefusesPort(9)
+    up = await make_upstream(connector, upstream=_nodes("http://127.0.0.1:9", _origin(engine)), retry_deadline_s=5)
+    with pytest.raises(UpstreamUnavailable):
+        await _status(up, "POST", "/docs/_doc", retry=False, body=b'{"a":1}')
+    assert connector.attempts == {9: 1} and engine.seen == []
+
+
+async def test_a_5xx_is_the_engines_answer_and_the_node_stays_live(
+    make_upstream: MakeUpstream, make_engine: MakeEngine
+) -> None:
+    one, two = await make_engine(), await make_engine()
+    metrics = Metrics()
+    up = await make_upstream(
+        aiohttp.TCPConnector(), upstream=_nodes(_origin(one), _origin(two)), retry_deadline_s=5, metrics=metrics
+    )
+    assert [await _status(up, "GET", "/busy", retry=True) for _ in range(4)] == [503] * 4  # as the engine said it
+    assert len(one.seen) == len(two.seen) == 2  # not retried, and neither node put to rest
+    assert metrics.registry.get_sample_value("sidecar_upstream_node_up", {"node": up.nodes[0].name}) == 1
+
+
+async def test_a_timeout_rests_the_node_until_its_backoff_ends(
+    make_upstream: MakeUpstream, make_engine: MakeEngine
+) -> None:
+    one, two = await make_engine(), await make_engine()
+    clock, metrics = FakeClock(), Metrics()
+    up = await make_upstream(
+        aiohttp.TCPConnector(),
+        upstream=_nodes(_origin(one), _origin(two)),
+        upstream_timeout_s=0.2,
+        retry_deadline_s=5,
+        upstream_dead_backoff_s=2,
+        clock=clock,
+        metrics=metrics,
+    )
+    with pytest.raises(UpstreamTimeout):
+        await _status(up, "GET", "/stall", retry=True)
+    assert len(one.seen) == 1 and two.seen == []  # a stalled read is not retried, on any node
+    up_one = {"node": up.nodes[0].name}
+    assert metrics.registry.get_sample_value("sidecar_upstream_node_up", up_one) == 0
+    for _ in range(3):
+        assert await _status(up, "GET", "/", retry=False) == 200
+    assert len(one.seen) == 1 and len(two.seen) == 3  # node one rests
+    clock.now += 2
+    for _ in range(2):
+        assert await _status(up, "GET", "/", retry=False) == 200
+    assert len(one.seen) == 2 and len(two.seen) == 4  # its backoff is over: it takes its turn again
+    assert metrics.registry.get_sample_value("sidecar_upstream_node_up", up_one) == 1
+
+
+async def test_every_node_down_tries_the_first_to_wake_within_the_deadline(make_upstream: MakeUpstream) -> None:
+    connector = Unreachable()
+    nodes = _nodes("http://10.0.0.1:9200", "http://10.0.0.2:9200", "http://10.0.0.3:9200")
+    up = await make_upstream(connector, upstream=nodes, retry_deadline_s=0.3)
+    with pytest.raises(UpstreamUnavailable):
+        await _status(up, "GET", "/docs/_search", retry=True)
+    hosts = [str(u.host) for u in connector.urls]
+    assert sorted(hosts[:3]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]  # each node once, at once
+    assert len(hosts) > 3 and set(hosts[3:]) == {"10.0.0.1"}  # then the first to wake (none did in 0.3 s)
+    # A write now goes to one of them, once, rather than failing unsent.
+    with pytest.raises(UpstreamUnavailable):
+        await _status(up, "PUT", "/docs", retry=False)
+    assert len(connector.urls) == len(hosts) + 1
+
+
+async def test_readiness_asks_another_node_and_an_events_bulk_does_not(
+    make_upstream: MakeUpstream, engine: Engine
+) -> None:
+    nodes = _nodes("http://127.0.0.1:9", _origin(engine))
+    up = await make_upstream(RefusesPort(9), upstream=nodes)
+    assert await up.json("GET", "/", timeout=2) == (200, {"path": "/"})
+    assert engine.hosts == [engine.server.make_url("/").raw_authority]
+    writer = await make_upstream(RefusesPort(9), upstream=nodes)
+    with pytest.raises(UpstreamUnavailable):
+        await writer.json("POST", "/_bulk", ndjson=b'{"index":{"_index":"ev"}}\n{}\n')
+    assert len(engine.seen) == 1
