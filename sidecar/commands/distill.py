@@ -22,7 +22,17 @@ from sidecar.tools.indexing import index_dataset
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("distill", help="distill a teacher into a small cross-encoder")
-    parser.add_argument("--teacher", help="model that scores the candidates (default: the packaged bi-encoder)")
+    parser.add_argument(
+        "--teacher",
+        help="model that scores the candidates (default: the packaged bi-encoder); "
+        "with --teacher-config, the name of one of its models (default: default)",
+    )
+    parser.add_argument(
+        "--teacher-config",
+        type=Path,
+        help="a sidecar YAML whose models (local or remote: TEI, "
+        "Cohere, another sidecar...) the teacher is one of, scored as `serve` would",
+    )
     parser.add_argument("--student", help="starting student: a model folder or hub id (default: the teacher's)")
     parser.add_argument("--student-layers", type=int, help="keep only the first K transformer layers of the student")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -60,17 +70,28 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sidecar.rerank.scorers.models import detect_kind
-    from sidecar.tools.training import distill
 
     for folder in args.eval:
         if not (folder / "qrels.txt").exists():
             raise UsageError(f"distill: {folder} has no qrels.txt")
-    teacher = args.teacher or str(packaged_model())
-    temperature = args.temperature or (0.05 if detect_kind(teacher, "auto") == "bi-encoder" else 1.0)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if args.teacher_config is not None:
+            teacher = args.teacher or "default"
+            scorer, kind, path = stack.enter_context(_configured(args.teacher_config, teacher))
+        else:
+            teacher = args.teacher or str(packaged_model())
+            scorer, kind, path = _scorer(teacher), detect_kind(teacher, "auto"), teacher
+        return _distill(args, teacher, scorer, kind, args.student or path or str(packaged_model()), started)
+
+
+def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, student: str, started: float) -> int:
+    from sidecar.tools.training import distill
+    from sidecar.tools.training.artifacts import plot
+
+    temperature = args.temperature or (0.05 if kind == "bi-encoder" else 1.0)
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    started = time.monotonic()
-    scorer = _scorer(teacher)
     if args.queries is not None:
         with reading(args.queries):
             queries = distill.read_queries(args.queries)
@@ -84,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
     with reading(args.corpus), _retriever(args) as retrieve:
         lists = distill.score_lists(queries, done, retrieve, scorer, cache, args.depth, args.list_size, rng)
     print(f"{len(lists)} lists of up to {args.list_size} candidates scored by {teacher} (temperature {temperature})")
-    report: dict[str, Any] = {"teacher": {"model": teacher, **_held_out(teacher, args)}, "epochs": []}
+    report: dict[str, Any] = {"teacher": {"model": teacher, **_held_out(teacher, args, scorer)}, "epochs": []}
     print(f"teacher {teacher}: held-out nDCG@10 {report['teacher']['nDCG@10']:.4f}")
     if args.current:
         report["current"] = {"model": args.current, **_held_out(args.current, args)}
     probe = lists[len(lists) - max(2, min(200, len(lists) // 10)) :]  # lists the student never trains on
     lists = lists[: len(lists) - len(probe)]
-    model = distill.student_model(args.student or teacher, args.student_layers, args.max_length)
+    model = distill.student_model(student, args.student_layers, args.max_length)
     report["agreement_before"] = distill.agreement([x.scores for x in probe], _student_scores(model, probe))
 
     def on_epoch(epoch: int, folder: Path) -> None:
@@ -98,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         report["epochs"].append({"epoch": epoch, "folder": str(folder), **figures})
         print(f"epoch {epoch}: held-out nDCG@10 {figures['nDCG@10']:.4f} ({figures['pairs_per_s']:.0f} pairs/s)")
 
-    distill.fit(
+    losses = distill.fit(
         model,
         lists,
         args.out,
@@ -110,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_epoch=on_epoch,
     )
+    epochs = [(int(e["epoch"]), float(e["nDCG@10"])) for e in report["epochs"]]
+    plot(losses, epochs, report["teacher"]["nDCG@10"], "teacher", args.out / "training.png")
     report["agreement_after"] = distill.agreement([x.scores for x in probe], _student_scores(model, probe))
     report["wall_s"] = round(time.monotonic() - started, 1)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -129,6 +152,36 @@ def _scorer(model: str) -> Any:
     return lambda query, texts: loaded.score(query, texts, 2048)
 
 
+@contextlib.contextmanager
+def _configured(config: Path, name: str) -> Iterator[tuple[Any, str, str | None]]:
+    """A model of a sidecar config, scored through the same scorers as `serve` (local, remote, cached): its score
+    function, its kind (a remote model's scores are taken as a cross-encoder's logits) and its local path, if any."""
+    import asyncio
+
+    from sidecar.config import DEFAULT_MODEL, NO_MODEL, Settings
+    from sidecar.metrics import Metrics
+    from sidecar.rerank.scorers.models import detect_kind
+    from sidecar.rerank.scorers.router import default_scorer
+
+    # only the teacher is loaded: not the default model too, unless the teacher is it
+    overrides: dict[str, Any] = {} if name == DEFAULT_MODEL else {"model": NO_MODEL}
+    with reading(config):
+        settings = Settings(config=config, **overrides)
+    scorer = default_scorer(settings, Metrics())
+    if not scorer.has_model(name):
+        raise UsageError(f"distill: {config} has no model {name!r}")
+    spec = settings.models.get(name)
+    path = None if spec is not None and spec.remote else (spec.path if spec is not None else settings.model)
+    kind = "cross-encoder" if path is None else detect_kind(path, spec.kind if spec is not None else "auto")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scorer.start())
+        yield (lambda query, texts: loop.run_until_complete(scorer.scores(name, query, texts))), kind, path
+    finally:
+        loop.run_until_complete(scorer.close())
+        loop.close()
+
+
 def _student_scores(model: Any, lists: list[Any]) -> list[list[float]]:
     return [[float(s) for s in model.predict([(x.query, d) for d in x.docs], show_progress_bar=False)] for x in lists]
 
@@ -137,8 +190,8 @@ def _text(doc: dict[str, str]) -> str:
     return (doc["title"] + "\n" + doc["text"]).strip()
 
 
-def _held_out(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    figures = evaluation.held_out(model, args.eval, args.eval_queries, args.eval_depth)
+def _held_out(model: str, args: argparse.Namespace, score: Any = None) -> dict[str, Any]:
+    figures = evaluation.held_out(model, args.eval, args.eval_queries, args.eval_depth, score)
     return {"nDCG@10": figures.mean, "per_set": figures.per_set, "pairs_per_s": figures.pairs_per_s}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from sidecar.tools import datasets
 from sidecar.tools.datasets import Judgments
 
 Run = dict[str, dict[str, float]]
+Score = Callable[[str, list[str]], list[float]]  # query, texts -> one score per text
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,8 @@ class HeldOut:
     pairs_per_s: float
 
 
-def held_out(model: str, folders: list[Path], first: int | None, depth: int) -> HeldOut:
-    """Rerank each set's given BM25 candidates (the first ``first`` judged queries) in fp32.
+def held_out(model: str, folders: list[Path], first: int | None, depth: int, score: Score | None = None) -> HeldOut:
+    """Rerank each set's given BM25 candidates (the first ``first`` judged queries) in fp32, or with ``score``.
 
     fp32, not the int8 CPU default: a guard rail compares two models, and must not see quantization noise."""
     per_set = {}
@@ -136,7 +138,7 @@ def held_out(model: str, folders: list[Path], first: int | None, depth: int) -> 
         queries = {q: t for q, t in datasets.queries(folder).items() if q in judgments}
         if first:
             queries = dict(list(queries.items())[:first])
-        _, run, took = rerank_candidates(folder, queries, model, depth, "fp32")
+        _, run, took = rerank_candidates(folder, queries, model, depth, "fp32", score=score)
         rel = 2 if folder.name.startswith("trec_dl") else 1
         per_set[folder.name] = measure(judgments, run, rel).mean["nDCG@10"]
         pairs += sum(len(docs) for docs in run.values())
@@ -152,19 +154,26 @@ def rerank_candidates(
     depth: int,
     precision: str = "auto",
     scoring: ScoringOptions | None = None,
+    score: Score | None = None,
 ) -> tuple[Run, Run, list[float]]:
     """Score each query's given candidates (`bm25_top100.jsonl`); returns (given run, reranked run, ms per query).
 
-    With ``scoring``, hits are ranked by the final score that the sidecar would give them (fusion included)."""
+    With ``scoring``, hits are ranked by the final score that the sidecar would give them (fusion included).
+    ``score(query, texts)`` replaces loading ``model`` (a configured or remote model, say)."""
     from tqdm import tqdm
 
     from sidecar.config import ModelSpec
     from sidecar.rerank.scorers.models import load_model
     from sidecar.search.hits import final_scores
 
-    loaded = load_model(
-        "eval", ModelSpec(path=model), device="auto", precision=precision, max_length=None, token_cache=0
-    )
+    if score is None:
+        loaded = load_model(
+            "eval", ModelSpec(path=model), device="auto", precision=precision, max_length=None, token_cache=0
+        )
+
+        def score(query: str, texts: list[str]) -> list[float]:
+            return loaded.score(query, texts, 2048)
+
     baseline: Run = {}
     reranked: Run = {}
     took = []
@@ -172,7 +181,7 @@ def rerank_candidates(
     for c in tqdm(rows, desc="reranking", unit="query"):
         docids, texts = c.docids[:depth], c.texts[:depth]
         start = time.perf_counter()
-        scores = loaded.score(c.query, texts, 2048)
+        scores = score(c.query, texts)
         took.append((time.perf_counter() - start) * 1000)
         if scoring is not None:
             scores = final_scores(c.scores[:depth], scores, scoring)

@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sidecar.tools.training.artifacts import last_checkpoint, save_plain
+
 Retrieve = Callable[[str, int], list[tuple[str, str]]]  # query, k -> [(doc id, text)] best first
 Score = Callable[[str, list[str]], list[float]]
 
@@ -106,14 +108,6 @@ def student_model(source: str, layers: int | None, max_length: int) -> Any:
     return model
 
 
-def save_plain(model: Any, folder: Path) -> Path:
-    """The student as a transformers folder (config, weights, tokenizer): what `serve` loads as a cross-encoder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.model.save_pretrained(folder)
-    model.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def fit(
     model: Any,
     lists: Sequence[ScoredList],
@@ -126,9 +120,10 @@ def fit(
     seed: int,
     resume: bool,
     on_epoch: Callable[[int, Path], None],
-) -> None:
+) -> list[float]:
     """ListNet on the teacher's scores over ``temperature``, ``batch_lists`` lists per step, checkpoints in
-    ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch."""
+    ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch; returns the
+    logged losses."""
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import ListNetLoss
@@ -168,12 +163,9 @@ def fit(
     )
     last = last_checkpoint(out / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(last) if last else None)
-    (out / "loss.json").write_text(json.dumps([e for e in trainer.state.log_history if "loss" in e]) + "\n")
-
-
-def last_checkpoint(folder: Path) -> Path | None:
-    done = [p for p in folder.glob("checkpoint-*") if p.is_dir()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    (out / "loss.json").write_text(json.dumps(logged) + "\n")
+    return [float(e["loss"]) for e in logged]
 
 
 def _cuda() -> bool:

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from sidecar.tools.training.artifacts import last_checkpoint, plot, save_plain
 from sidecar.tools.training.data import Example, TrainingSet
-from sidecar.tools.training.distill import last_checkpoint, save_plain
 
 Kind = Literal["cross-encoder", "bi-encoder"]
 Loss = Literal["bce", "lambda", "contrastive"]
@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, data: TrainingSet, evaluate: Callable[[Path], float]
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     _hand_out(cfg, history)
     saved.write_text(json.dumps(asdict(history), indent=2) + "\n")
-    _plot(history, cfg.out / "training.png")
+    epochs = [(0, history.start_metric or 0.0)] + [(int(e["epoch"]), e["nDCG@10"]) for e in history.epochs]
+    plot(history.losses, epochs, history.start_metric or 0.0, "starting model", cfg.out / "training.png")
     return history
 
 
@@ -208,25 +209,3 @@ def _hand_out(cfg: TrainConfig, history: History) -> None:
     shutil.copytree(cfg.out / "checkpoints" / f"epoch-{epoch}", target)
     start = history.start_metric
     print(f"best: epoch {epoch}, held-out nDCG@10 {best['nDCG@10']:.4f} (start {start:.4f}) -> {target}")
-
-
-def _plot(history: History, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=110)
-    left.plot(history.losses, linewidth=0.8)
-    left.set_title("training loss per step")
-    left.set_xlabel("step")
-    epochs = [0] + [int(e["epoch"]) for e in history.epochs]
-    metric = [history.start_metric or 0.0] + [e["nDCG@10"] for e in history.epochs]
-    right.plot(epochs, metric, marker="o")
-    right.axhline(history.start_metric or 0.0, color="grey", linestyle="--", linewidth=0.8, label="starting model")
-    right.set_title("held-out nDCG@10")
-    right.set_xlabel("epoch")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
