@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
 
 from sidecar import logs
 from sidecar.app import create_app
 from sidecar.commands.settings_args import add_settings_flags, settings_from_args
+from sidecar.config import ConfigFileError
 from sidecar.eventloop import new_event_loop
+from sidecar.http.keys import PIPELINE, SETTINGS
 from sidecar.http.server import serve_forever
 from sidecar.tls import listener_context
 
@@ -28,5 +34,30 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings)
     log.info("rerank-sidecar on http://%s -> %s", settings.listen, settings.upstream)
     # A model that fails to load raises ModelLoadError: the CLI reports it, once.
-    serve_forever(app, settings, loop=new_event_loop(), ssl_context=listener_context(settings))
+    serve_forever(
+        app,
+        settings,
+        loop=new_event_loop(),
+        ssl_context=listener_context(settings),
+        on_hangup=lambda: _reload(app, args),
+    )
     return 0
+
+
+async def _reload(app: web.Application, args: argparse.Namespace) -> None:
+    """SIGHUP: read the configuration again (flags, environment, file) and serve its rules from the next search on.
+    A file that does not read or validate, or rules naming a model that is not loaded, keep the old rules: one
+    log line says why. Only the rules reload; other settings (models included) take effect at a restart."""
+    old = app[SETTINGS]
+    try:
+        new = await asyncio.to_thread(settings_from_args, args)
+    except (ValidationError, ConfigFileError, OSError, ValueError) as e:
+        log.error("SIGHUP: configuration not reloaded, the old rules stay: %s", " ".join(str(e).split())[:500])
+        return
+    why = app[PIPELINE].reload_rules(new.rules)
+    if why is not None:
+        log.error("SIGHUP: configuration not reloaded, the old rules stay: %s", why)
+        return
+    others = {k for k in type(new).model_fields if k not in ("rules", "config") and getattr(new, k) != getattr(old, k)}
+    changed = f"; changed but applied only at a restart: {', '.join(sorted(others))}" if others else ""
+    log.info("SIGHUP: %d rules reloaded%s", len(new.rules), changed)

@@ -28,7 +28,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from ssl import SSLContext
@@ -80,14 +81,29 @@ def build_runner(
 
 
 def serve_forever(
-    app: web.Application, settings: Settings, *, loop: asyncio.AbstractEventLoop, ssl_context: SSLContext | None
+    app: web.Application,
+    settings: Settings,
+    *,
+    loop: asyncio.AbstractEventLoop,
+    ssl_context: SSLContext | None,
+    on_hangup: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """``web.run_app`` for our runner: serve on ``settings.listen`` until SIGINT or SIGTERM, then give in-flight
-    requests ``shutdown_grace_s`` to finish. An error in start-up (a model that does not load) propagates."""
+    requests ``shutdown_grace_s`` to finish; ``on_hangup`` runs on each SIGHUP. An error in start-up (a model that
+    does not load) propagates."""
+    hangups: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        assert on_hangup is not None
+        task = loop.create_task(on_hangup())
+        hangups.add(task)
+        task.add_done_callback(hangups.discard)
 
     async def main() -> None:
         runner = build_runner(app, settings, handle_signals=True)
         await runner.setup()
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
             await web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context).start()
             await asyncio.Event().wait()  # SIGINT/SIGTERM raise GracefulExit out of run_until_complete

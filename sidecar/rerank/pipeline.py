@@ -20,7 +20,7 @@ from urllib.parse import quote
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.config import ScoringOptions, Settings
+from sidecar.config import Rule, ScoringOptions, Settings
 from sidecar.encoding import accepts_gzip, decode
 from sidecar.errors import BadRequest, RerankFailed, SidecarError, TooManyRequests, UnknownModel, UpstreamUnavailable
 from sidecar.headers import client_response_headers, reply_is_json, vendor_media_type
@@ -139,6 +139,17 @@ class RerankPipeline:
             name: {**state, **({"circuit": b.state} if (b := self._breakers.get(name)) and b.state != "closed" else {})}
             for name, state in self._scorer.readiness().items()
         }
+
+    def reload_rules(self, rules: tuple[Rule, ...]) -> str | None:
+        """Serve ``rules`` from the next search on, or say why not (a model no scorer has) and keep the old ones.
+
+        One reference swap on the loop: a search in flight keeps the plan it was given from the old rules."""
+        named = {r.model for r in rules if r.model} | {s.model for r in rules for s in r.stages or () if s.model}
+        unknown = sorted(m for m in named if not self._scorer.has_model(m))
+        if unknown:
+            return f"the rules name models that are not loaded: {', '.join(unknown)} (models load at start only)"
+        self._settings = self._settings.model_copy(update={"rules": rules})
+        return None
 
     def may_rerank(self, body: bytes, indices: tuple[str, ...]) -> bool:
         """False when a `_search` certainly passes through: no rule for its indices, no rerank syntax in it."""
