@@ -30,6 +30,9 @@ class KeyScorer:
     async def close(self) -> None:
         pass
 
+    async def reload(self) -> Mapping[str, str]:
+        return {}
+
     def has_model(self, name: str) -> bool:
         return name in self.models
 

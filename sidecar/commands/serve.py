@@ -45,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _reload(app: web.Application, args: argparse.Namespace) -> None:
-    """SIGHUP: read the configuration again (flags, environment, file) and serve its rules from the next search on.
-    A file that does not read or validate, or rules naming a model that is not loaded, keep the old rules: one
-    log line says why. Only the rules reload; other settings (models included) take effect at a restart."""
+    """SIGHUP: read the configuration again (flags, environment, file) and serve its rules from the next search on,
+    and load again each local model whose folder holds new weights, swapped in once warm. A file that does not
+    read or validate, or rules naming a model that is not loaded, keep the old rules; weights that do not load
+    keep the old model: one log line says why. Other settings (a model's path too) take effect at a restart."""
     old = app[SETTINGS]
     try:
         new = await asyncio.to_thread(settings_from_args, args)
@@ -61,3 +62,8 @@ async def _reload(app: web.Application, args: argparse.Namespace) -> None:
     others = {k for k in type(new).model_fields if k not in ("rules", "config") and getattr(new, k) != getattr(old, k)}
     changed = f"; changed but applied only at a restart: {', '.join(sorted(others))}" if others else ""
     log.info("SIGHUP: %d rules reloaded%s", len(new.rules), changed)
+    for name, how in (await app[PIPELINE].reload_models()).items():
+        if how == "reloaded":
+            log.info("SIGHUP: model [%s] reloaded: its folder holds new weights", name)
+        else:
+            log.error("SIGHUP: model [%s] not reloaded, the old weights stay: %s", name, how)

@@ -105,6 +105,8 @@ class Batcher:
         self._order_horizon_s = order_horizon_s
         self._estimate = estimate
         self._jobs: list[_Job] = []
+        self._idle = asyncio.Event()  # set while no job is queued or being scored
+        self._idle.set()
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -119,6 +121,10 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def drained(self) -> None:
+        """Return once every job submitted so far has been answered (a model being replaced finishes its work)."""
+        await self._idle.wait()
 
     def calibrate(self, seconds: float, tokens: float) -> None:
         """Fold one measured pass (or a warm-up) into the cost model."""
@@ -160,6 +166,7 @@ class Batcher:
             seq=next(self._seq),
         )
         self._jobs.append(job)
+        self._idle.clear()
         self._metrics.queue_pairs.inc(len(texts))
         self._wake.set()
         try:
@@ -210,6 +217,8 @@ class Batcher:
         if job in self._jobs:
             self._jobs.remove(job)
             self._stop_taking(job)
+            if not self._jobs:
+                self._idle.set()
 
     def _stop_taking(self, job: _Job) -> None:
         self._metrics.queue_pairs.dec(job.waiting)

@@ -151,6 +151,10 @@ class RerankPipeline:
         self._settings = self._settings.model_copy(update={"rules": rules})
         return None
 
+    async def reload_models(self) -> Mapping[str, str]:
+        """Load again the models whose files changed (``Scorer.reload``); per model, "reloaded" or why not."""
+        return await self._scorer.reload()
+
     def may_rerank(self, body: bytes, indices: tuple[str, ...]) -> bool:
         """False when a `_search` certainly passes through: no rule for its indices, no rerank syntax in it."""
         return may_rerank(body, self._settings.rules, indices)

@@ -246,3 +246,17 @@ def test_one_searchs_input_error_fails_that_search_alone_and_never_counts_agains
             assert isinstance(got, BadInput) and not got.counts_against_model and got.reason == "bad_input"
         else:
             assert got == [float(len(t)) for t in texts]
+
+
+async def test_drained_waits_for_the_jobs_already_submitted(setup: tuple[Batcher, _Model, Metrics]) -> None:
+    batcher, model, _ = setup
+    await asyncio.wait_for(batcher.drained(), 1)  # nothing queued: at once
+    job = asyncio.create_task(batcher.submit("q", ["a", "bb"]))
+    await _started(model)
+    drained = asyncio.create_task(batcher.drained())
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # a pass is still scoring the job
+    model.go.set()
+    assert await job == [1.0, 2.0]
+    await asyncio.wait_for(drained, 1)
+    await batcher.close()

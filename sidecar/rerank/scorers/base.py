@@ -24,6 +24,10 @@ class Scorer(Protocol):
     async def close(self) -> None:
         """Release models and worker threads."""
 
+    async def reload(self) -> Mapping[str, str]:
+        """Load again the models whose files changed since they were loaded, each swapped in at once when ready
+        (searches already queued finish on the old one); per model reloaded, "reloaded" or why it was not."""
+
     def has_model(self, name: str) -> bool:
         """Whether the model ``name`` (``DEFAULT_MODEL`` for the default) can be scored."""
 

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sidecar.config import DEFAULT_MODEL, NO_MODEL, ModelSpec, Settings
@@ -61,12 +62,18 @@ class _LocalModel:
             estimate=self._estimate,
         )
         self._max_tokens = 512.0
+        self.stamp: str | None = None  # the weights' size and time when loaded (a local folder's), else None
+
+    def weights_changed(self) -> bool:
+        """Whether the folder it was loaded from holds other weights now (a hub id never changes here)."""
+        return self.stamp is not None and _stamp(self.spec) != self.stamp
 
     async def start(self) -> None:
         from sidecar.rerank.scorers.models import device_batch_tokens, load_configured
 
         loop = asyncio.get_running_loop()
         s = self._settings
+        self.stamp = _stamp(self.spec)  # before reading: weights written during the load count as a change
         try:
             model = await loop.run_in_executor(
                 self._executor,
@@ -113,6 +120,12 @@ class _LocalModel:
         return self.model.score_each(jobs, self.batch_tokens)
 
 
+def _stamp(spec: ModelSpec) -> str | None:
+    from sidecar.rerank.scorers.models import weights_fingerprint
+
+    return weights_fingerprint(spec.local_path) if Path(spec.local_path).expanduser().is_dir() else None
+
+
 class LocalScorer:
     """The Scorer the app uses by default: the default model plus the named models from settings."""
 
@@ -131,7 +144,10 @@ class LocalScorer:
         self._store = SqliteStore(path, settings.embedding_store_mb * 1024 * 1024) if path is not None else None
         vectors = (memory, self._store)
         self._models = {name: _LocalModel(name, spec, settings, metrics, vectors) for name, spec in specs.items()}
+        self._vectors = vectors
         self._cache: LRU[tuple[str, str, bytes], float] = LRU(settings.score_cache_entries)
+        self._loads = dict.fromkeys(self._models, 0)  # per model, how often it was reloaded: part of its cache key
+        self._reloading: set[str] = set()
 
     async def start(self) -> None:
         if not self._models:  # a pure proxy: no torch at all
@@ -145,6 +161,32 @@ class LocalScorer:
         await asyncio.gather(*(m.close() for m in self._models.values()))
         if self._store is not None:
             self._store.close()
+
+    async def reload(self) -> Mapping[str, str]:
+        """Load again each model whose folder holds other weights than it was loaded from, beside the old one;
+        new searches go to the new model from the moment it is warm, the searches already queued finish on the
+        old one, which is then released. A model that does not load keeps the old one serving.
+
+        Returns, per model looked at, "reloaded" or why not."""
+        changed = [name for name, m in self._models.items() if m.weights_changed() and name not in self._reloading]
+        return dict(zip(changed, await asyncio.gather(*(self._reload(name) for name in changed)), strict=True))
+
+    async def _reload(self, name: str) -> str:
+        old = self._models[name]
+        new = _LocalModel(name, old.spec, self._settings, self._metrics, self._vectors)
+        self._reloading.add(name)
+        try:
+            await new.start()
+        except ModelLoadError as e:
+            await new.close()
+            return str(e)
+        finally:
+            self._reloading.discard(name)
+        self._models[name] = new  # one reference: the next search scores with the new weights
+        self._loads[name] += 1  # and never meets the old weights' cached scores
+        await old.batcher.drained()
+        await old.close()
+        return "reloaded"
 
     def has_model(self, name: str) -> bool:
         return name in self._models
@@ -168,4 +210,5 @@ class LocalScorer:
         def compute(wanted: list[str]) -> Awaitable[list[float]]:
             return batcher.submit(query, wanted, budget_s=budget_s, tier=tier)
 
-        return await through_cache(self._cache, self._metrics, (model, query), texts, budget_s, compute)
+        key = (f"{model}#{self._loads[model]}", query)
+        return await through_cache(self._cache, self._metrics, key, texts, budget_s, compute)

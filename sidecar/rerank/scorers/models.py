@@ -351,7 +351,7 @@ def load_model(
     tokenizer, config = _read_config(name, spec)
     if kind == "bi-encoder" and Path(spec.local_path).is_dir():
         _mean_pooling_only(Path(spec.local_path))
-    fingerprint = _fingerprint(spec.local_path, config)
+    fingerprint = weights_fingerprint(spec.local_path, config)
     load = _loader(name, spec, kind)
     try:
         model, forward = _runner(load, config, kind, kernel, dev, fingerprint, export_root(export_dir), tokenizer)
@@ -492,7 +492,7 @@ def _export(
         ) from e
 
 
-def _fingerprint(path: str, config: Any = None) -> str:
+def weights_fingerprint(path: str, config: Any = None) -> str:
     """The model's path, and for a local folder the size and time of its weights (a retrained model saved
     in the same folder must not meet the old one's embeddings); for a hub id, the cached revision."""
     folder = Path(path).expanduser()

@@ -247,6 +247,9 @@ class RemoteScorer:
     async def close(self) -> None:
         await asyncio.gather(*(m.close() for m in self._models.values()))
 
+    async def reload(self) -> Mapping[str, str]:
+        return {}  # nothing of a remote model is on this machine's disk
+
     def has_model(self, name: str) -> bool:
         return name in self._models
 

@@ -22,6 +22,9 @@ class Scorers:
     async def close(self) -> None:
         await asyncio.gather(*(b.close() for b in self._backends))
 
+    async def reload(self) -> Mapping[str, str]:
+        return {k: v for done in await asyncio.gather(*(b.reload() for b in self._backends)) for k, v in done.items()}
+
     def has_model(self, name: str) -> bool:
         return any(b.has_model(name) for b in self._backends)
 
