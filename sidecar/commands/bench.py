@@ -1,4 +1,4 @@
-"""`rerank-sidecar bench proxy|scorer|load`: benchmarks against a named baseline, printed as ratios."""
+"""`rerank-sidecar bench proxy|scorer|load|remote`: benchmarks against a named baseline, printed as ratios."""
 
 from __future__ import annotations
 
@@ -63,6 +63,14 @@ def register(sub: Any) -> None:
     load.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-load")
     load.set_defaults(run=run_load)
 
+    remote = kinds.add_parser("remote", help="top-100 reranks in this process vs through a second sidecar")
+    remote.add_argument("--data", type=Path, help="folder holding trec_dl19/ (default: $SIDECAR_DATA_DIR)")
+    remote.add_argument("--queries", type=int, default=20, help="the first N queries (default: %(default)s)")
+    remote.add_argument("--rounds", type=int, default=2, help="passes over the queries (default: %(default)s)")
+    remote.add_argument("--cross-encoder", type=Path, help=_CROSS_ENCODER)
+    remote.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-minilm-ce")
+    remote.set_defaults(run=run_remote)
+
 
 def run_scorer(args: argparse.Namespace) -> int:
     from sidecar.tools.bench import scorer
@@ -86,6 +94,27 @@ def run_scorer(args: argparse.Namespace) -> int:
         print(scorer.compute_floor(model, requests, baseline_s), flush=True)
     levels = [int(c) for c in args.clients.split(",")]
     print(scorer.latency(model, scorer.requests_from(rows, args.latency_queries), levels, (0, 5), args.device))
+    return 0
+
+
+def run_remote(args: argparse.Namespace) -> int:
+    from sidecar.tools.bench import remote, scorer
+    from sidecar.tools.datasets import candidates, default_data_dir
+    from sidecar.tools.launch import serve_process
+
+    folder = (args.data or default_data_dir()) / "trec_dl19"
+    if not (folder / "bm25_top100.jsonl").exists():
+        raise UsageError(f"bench remote: {folder}/bm25_top100.jsonl not found; pass --data")
+    model, _ = scorer.cross_encoder(args.cross_encoder, args.work)
+    requests = scorer.requests_from(candidates(folder), args.queries)
+    print(scorer.describe(requests, model), flush=True)
+    with (
+        engine_at(None) as engine,
+        serve_process(engine.url, "--model", model, ready_path="/_sidecar/ready") as (_, url),
+    ):
+        print(f"remote: a second sidecar process at {url} with the same model; one rerank in flight", flush=True)
+        took = asyncio.run(remote.measure(model, url, requests, args.rounds))
+    print(remote.report(took))
     return 0
 
 

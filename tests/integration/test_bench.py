@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.tools.bench.proxy import cpu_seconds
+from tests.quality.data import data_dir
 
 pytestmark = pytest.mark.slow  # spawns processes or runs for many seconds: not in the fast tier
 
@@ -52,3 +53,20 @@ def test_bench_proxy_reports_throughput_and_cpu_per_request(capsys: pytest.Captu
 def test_cpu_seconds_reads_a_process_and_ourselves() -> None:
     assert cpu_seconds(os.getpid()) > 0
     assert cpu_seconds(None) > 0
+
+
+def test_bench_remote_scores_the_same_reranks_in_process_and_through_a_second_sidecar(
+    tiny_model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = data_dir("trec_dl19").parent
+    assert main(["bench", "remote", "--data", str(data), "--cross-encoder", tiny_model, "--queries", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out, "| scorer |")
+    assert [r[0] for r in rows] == ["in-process", "remote (sidecar)", "remote (cohere)"]
+    base = float(rows[0][2])
+    for row in rows:
+        assert row[1] == "6"  # 3 queries, 2 rounds, each reranked in full (a short reply is an error)
+        assert 0 < float(row[2]) <= float(row[3])
+    for row in rows[1:]:
+        assert float(row[4]) == pytest.approx(float(row[2]) - base, abs=0.11)
+        assert float(row[5].rstrip("x")) == pytest.approx(float(row[2]) / base, rel=0.01, abs=0.01)
