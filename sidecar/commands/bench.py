@@ -110,10 +110,11 @@ def run_remote(args: argparse.Namespace) -> int:
     print(scorer.describe(requests, model), flush=True)
     with (
         engine_at(None) as engine,
-        serve_process(engine.url, "--model", model, ready_path="/_sidecar/ready") as (_, url),
+        serve_process(engine.url, *remote.SERVER_FLAGS, "--model", model, ready_path="/_sidecar/ready") as (_, url),
     ):
         print(f"remote: a second sidecar process at {url} with the same model; one rerank in flight", flush=True)
         took = asyncio.run(remote.measure(model, url, requests, args.rounds))
+        remote.check_no_cache_hits(url)
     print(remote.report(took))
     return 0
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import Rule
+from sidecar.tools.scrape import counter
 from tests.fakes import KeyScorer
 from tests.servers import Http, ThreadServer, index_docs
 
@@ -31,17 +31,6 @@ def _events(http: Http, engine: str, want: int) -> list[dict[str, Any]]:
         if len(hits) >= want or time.monotonic() > deadline:
             return [h["_source"] | {"_index": h["_index"]} for h in hits]
         time.sleep(0.05)
-
-
-def _counts(http: Http, url: str) -> dict[str, float]:
-    text = http("GET", url + "/_sidecar/metrics").data.decode()
-    return {
-        s.labels["result"]: s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "sidecar_events"
-        for s in f.samples
-        if s.name == "sidecar_events_total"
-    }
 
 
 def test_events_land_in_daily_indices_with_their_fields_and_no_query_text(
@@ -74,7 +63,7 @@ def test_events_land_in_daily_indices_with_their_fields_and_no_query_text(
     assert isinstance(first["added_ms"], float) and first["added_ms"] >= 0
     assert item["kind"] == "msearch" and item["index"] == "docs" and item["outcome"] == "applied"
     assert "query" not in first and "apple" not in json.dumps(events)  # no query text, no document text
-    assert _counts(http, proxy.url)["written"] == 2
+    assert counter(proxy.url, "sidecar_events")["written"] == 2
 
 
 def test_a_fallback_a_shadow_and_the_query_when_asked(engine: str, make_sidecar: Any, http: Http) -> None:
@@ -139,7 +128,7 @@ def test_a_hanging_or_refusing_engine_drops_events_and_never_slows_a_search(
                 assert http("POST", proxy.url + "/docs/_search", SEARCH).headers["X-Rerank"].startswith("applied")
             assert time.monotonic() - start < 5  # 20 searches, while every _bulk hangs 30 s or is refused
             deadline = time.monotonic() + 10
-            while sum((counts := _counts(http, proxy.url)).values()) < 20:
+            while sum((counts := counter(proxy.url, "sidecar_events")).values()) < 20:
                 assert time.monotonic() < deadline, counts
                 time.sleep(0.05)
             assert counts.get("written", 0) == 0 and counts[dropped] > 0, counts

@@ -27,6 +27,7 @@ from sidecar.tools import datasets, evaluation
 from sidecar.tools.bench.stats import percentile, table
 from sidecar.tools.engine_client import EngineClient
 from sidecar.tools.indexing import index_dataset
+from sidecar.tools.scrape import counter
 
 _WINDOW = re.compile(r"window=(\d+)/(\d+)")
 
@@ -188,7 +189,7 @@ def measure(
         with _sidecar(engine, workdir, index, setup, model, precision) as url:
             for n in levels:
                 base = asyncio.run(_closed_loop(engine, index, asked, n, 100))  # the engine alone, just before
-                before = _shadow_counts(url)
+                before = counter(url, "sidecar_shadow")
                 via = asyncio.run(_closed_loop(url, index, asked, n, 100))
                 shadow = _settled_shadow(url, before) if setup.rule.get("mode") == "shadow" else {}
                 rows.append(
@@ -212,31 +213,15 @@ def measure(
     return bm25, rows
 
 
-def _shadow_counts(url: str) -> dict[str, float]:
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url + "/_sidecar/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {
-        s.labels["result"]: s.value
-        for f in text_string_to_metric_families(text)
-        if f.name == "sidecar_shadow"
-        for s in f.samples
-        if s.name == "sidecar_shadow_total"
-    }
-
-
 def _settled_shadow(
     url: str, before: dict[str, float], quiet_s: float = 1.0, limit_s: float = 120.0
 ) -> dict[str, float]:
     """Shadow work by result since ``before``, once the counts have stopped moving (the last reranks finish after
     the last reply)."""
-    start, last, still = time.monotonic(), _shadow_counts(url), time.monotonic()
+    start, last, still = time.monotonic(), counter(url, "sidecar_shadow"), time.monotonic()
     while time.monotonic() - still < quiet_s and time.monotonic() - start < limit_s:
         time.sleep(0.2)
-        now = _shadow_counts(url)
+        now = counter(url, "sidecar_shadow")
         if now != last:
             last, still = now, time.monotonic()
     return {k: v - before.get(k, 0.0) for k, v in last.items()}

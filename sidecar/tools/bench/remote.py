@@ -17,8 +17,17 @@ from sidecar.metrics import Metrics
 from sidecar.rerank.scorers.base import Scorer
 from sidecar.tools.bench.scorer import Request
 from sidecar.tools.bench.stats import percentile, table
+from sidecar.tools.scrape import counter
 
 APIS = ("sidecar", "cohere")
+SERVER_FLAGS = ("--score-cache-entries", "0")  # the remote scores every pair it is sent, as the baseline does
+
+
+def check_no_cache_hits(url: str) -> None:
+    """Raise if the remote answered any pair from a cache: its figures would not be model passes."""
+    hits = counter(url, "sidecar_score_cache").get("hit", 0.0)
+    if hits:
+        raise RuntimeError(f"the remote sidecar answered {hits:.0f} pairs from its score cache")
 
 
 def remote_settings(url: str, timeout_ms: int = 120_000) -> Settings:
