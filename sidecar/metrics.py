@@ -17,6 +17,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sidecar_requests", "Requests served", ["route", "status"], registry=r)
+        # Client requests being served (the middleware counts them). Shadow work runs only while it is 0: the
+        # capacity the served traffic leaves idle. A plain int, read by the gauge at scrape time only.
+        self.in_flight = 0
+        Gauge("sidecar_requests_in_flight", "Client requests being served", registry=r).set_function(
+            lambda: self.in_flight
+        )
         self.upstream_seconds = Histogram(
             "sidecar_upstream_seconds",
             "Time to the engine's reply headers",

@@ -15,9 +15,8 @@ from typing import Any
 
 from sidecar.commands.errors import UsageError, reading
 from sidecar.tools import datasets, evaluation
-from sidecar.tools.embedded import engine_at, packaged_model
-from sidecar.tools.engine_client import EngineClient
-from sidecar.tools.indexing import index_dataset
+from sidecar.tools.embedded import packaged_model
+from sidecar.tools.indexing import bm25
 
 
 def register(sub: Any) -> None:
@@ -102,7 +101,9 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
     cache = args.out / "lists.jsonl"
     with reading(cache):
         done = distill.cached_lists(cache, queries)
-    with reading(args.corpus), _retriever(args) as retrieve:
+    with contextlib.ExitStack() as stack:
+        with reading(args.corpus):  # only the indexing reads the corpus: a teacher's error is its own
+            retrieve = stack.enter_context(_retriever(args))
         lists = distill.score_lists(queries, done, retrieve, scorer, cache, args.depth, args.list_size, rng)
     print(f"{len(lists)} lists of up to {args.list_size} candidates scored by {teacher} (temperature {temperature})")
     report: dict[str, Any] = {"teacher": {"model": teacher, **_held_out(teacher, args, scorer)}, "epochs": []}
@@ -232,14 +233,7 @@ def _summary(report: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _retriever(args: argparse.Namespace) -> Iterator[Any]:
-    with engine_at(args.engine) as engine:
-        client = EngineClient(engine.url, headers={"X-Rerank": "off"})
-        index = args.index or f"distill-{args.corpus.name}".lower()
-        index_dataset(client, index, args.corpus)
-
-        def retrieve(query: str, k: int) -> list[tuple[str, str]]:
-            body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": k}
-            hits = client.request("POST", f"/{index}/_search", body)["hits"]["hits"]
-            return [(h["_id"], _text({"title": "", "text": "", **h["_source"]})) for h in hits]
-
-        yield retrieve
+    with bm25(args.engine, args.index or f"distill-{args.corpus.name}".lower(), args.corpus) as retrieve:
+        yield lambda query, k: [
+            (h["_id"], _text({"title": "", "text": "", **h["_source"]})) for h in retrieve(query, k)
+        ]

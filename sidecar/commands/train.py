@@ -10,9 +10,8 @@ from typing import Any, cast
 
 from sidecar.commands.errors import DataError, UsageError, reading
 from sidecar.tools import evaluation
-from sidecar.tools.embedded import engine_at, packaged_model
-from sidecar.tools.engine_client import EngineClient
-from sidecar.tools.indexing import index_dataset
+from sidecar.tools.embedded import packaged_model
+from sidecar.tools.indexing import bm25
 
 _LOSSES = {"cross-encoder": ("bce", "lambda"), "bi-encoder": ("contrastive",)}
 
@@ -88,14 +87,5 @@ def _miner(args: argparse.Namespace) -> Iterator[Any]:
     if not args.negatives:
         yield None
         return
-    with engine_at(args.engine) as engine:
-        client = EngineClient(engine.url, headers={"X-Rerank": "off"})
-        index = f"train-{args.judgments.name}".lower()
-        index_dataset(client, index, args.judgments)
-
-        def mine(query: str, k: int) -> list[str]:
-            body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": k}
-            hits = client.request("POST", f"/{index}/_search", {**body, "_source": False})["hits"]["hits"]
-            return [h["_id"] for h in hits]
-
-        yield mine
+    with bm25(args.engine, f"train-{args.judgments.name}".lower(), args.judgments) as retrieve:
+        yield lambda query, k: [h["_id"] for h in retrieve(query, k)]

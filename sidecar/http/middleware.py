@@ -25,6 +25,8 @@ def error_response(err: SidecarError) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The single translation from errors to the engine's error format; no traceback ever leaves."""
     start = time.perf_counter()
+    metrics = request.app[METRICS]
+    metrics.in_flight += 1
     try:
         response = await handler(request)
     except SidecarError as e:
@@ -36,7 +38,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = error_response(SidecarError("internal error in the rerank sidecar; see its log"))
-    metrics = request.app[METRICS]
+    finally:
+        metrics.in_flight -= 1
     route = "sidecar" if request.path.startswith("/_sidecar/") else request.get(ROUTE, "proxy")
     metrics.requests.labels(route, str(response.status)).inc()
     outcome = request.get(OUTCOME)

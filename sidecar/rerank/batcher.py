@@ -3,7 +3,10 @@
 Scheduling, once for every kind of work:
 - **Earliest deadline first.** A search with a latency budget has its deadline; one without is ordered by
   its arrival plus ``order_horizon_s`` (the hard ``rerank_timeout_ms``), so it is never starved for long.
-  ``tier`` puts whole classes behind others (0: searches; 1: shadow work that may wait for idle time).
+  ``tier`` puts whole classes behind others (0: searches; 1: shadow work). Tier 1 runs only in the capacity the
+  served traffic leaves idle: while no client request is being served (``Metrics.in_flight``) and no search
+  waits, in small passes (an eighth of a search's), so that a request arriving finds the model free soon; on a
+  CPU, where the model and the proxy share the cores, this is what keeps shadow mode off the served latency.
 - **Progressive, head first.** A pass takes the next texts of each job in that order; a job's texts are the
   engine's candidates in the engine's order, so whatever is scored when its budget runs out is a prefix.
 - **Fair.** Jobs without a budget share a pass round by round: each round gives each of them its next text, until
@@ -52,6 +55,8 @@ _SMOOTHING = 0.3  # weight of the newest pass in the rate
 _RECENT_BUDGET_S = 30.0  # how long a budget keeps passes short after its search was seen
 _GRACE = 0.25  # a pass under way at a job's deadline may finish within this fraction of its budget
 _UNBUDGETED_SHARE = 0.5  # a job without a budget queues what the model alone scores in this much of the horizon
+_IDLE_PASS = 8  # tier-1 passes are this many times smaller than a search's
+_IDLE_POLL_S = 0.02  # how often tier-1 work looks for idle time while the served traffic keeps the sidecar busy
 
 
 def estimate_tokens(query: str, text: str) -> float:
@@ -238,8 +243,8 @@ class Batcher:
                 if self._max_wait_s and self.waiting_pairs < self.budget_pairs:
                     await asyncio.sleep(self._max_wait_s)  # let other searches' pairs join this pass
             chunks = self._next_pass(loop.time())
-            if not chunks:
-                await asyncio.sleep(0.001)  # only budgeted work whose time is up: its waiters answer it
+            if not chunks:  # budgeted work whose time is up (its waiters answer it), or tier 1 waiting for idle
+                await asyncio.sleep(_IDLE_POLL_S if self._metrics.in_flight else 0.001)
                 continue
             for job, _, _ in chunks:
                 job.in_flight = True
@@ -285,10 +290,12 @@ class Batcher:
         slice_end = math.inf
         if self._recent_budget is not None and now - self._recent_budget[1] <= _RECENT_BUDGET_S:
             slice_end = now + self._recent_budget[0] / 4
+        served = any(j.tier == 0 and j.waiting for j in self._jobs) or self._metrics.in_flight > 0
         order = sorted(
-            (j for j in self._jobs if j.waiting and not (j.budgeted and j.deadline <= now)),
+            (j for j in self._jobs if j.waiting and not (j.budgeted and j.deadline <= now) and not (j.tier and served)),
             key=lambda j: (j.tier, j.deadline, j.seq),
         )
+        idle_pairs = max(1, self.budget_pairs // _IDLE_PASS)
         take: dict[_Job, int] = {}
         pairs, tokens, horizon = 0, 0.0, slice_end
 
@@ -297,7 +304,7 @@ class Batcher:
             nonlocal pairs, tokens, horizon
             n = take.get(job, 0)
             at = job.taken + n
-            if n >= job.waiting or pairs >= self.budget_pairs:
+            if n >= job.waiting or pairs >= (idle_pairs if job.tier else self.budget_pairs):
                 return False
             cost = job.costs[at]
             ends = now + (self.rate or 0.0) * (tokens + cost)

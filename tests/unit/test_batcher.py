@@ -21,12 +21,14 @@ class _Model:
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.sizes: list[int] = []  # pairs per pass
         self.started = threading.Event()
         self.go = threading.Event()
         self.fail = False
 
     def __call__(self, jobs: Sequence[tuple[str, list[str]]]) -> list[list[float]]:
         self.batches.append([q for q, _ in jobs])
+        self.sizes.append(sum(len(texts) for _, texts in jobs))
         self.started.set()
         assert self.go.wait(10)
         if self.fail:
@@ -259,4 +261,21 @@ async def test_drained_waits_for_the_jobs_already_submitted(setup: tuple[Batcher
     model.go.set()
     assert await job == [1.0, 2.0]
     await asyncio.wait_for(drained, 1)
+    await batcher.close()
+
+
+async def test_shadow_work_waits_while_clients_are_served_and_then_runs_in_small_passes() -> None:
+    model, metrics = _Model(), Metrics()
+    batcher = Batcher("m", model, ThreadPoolExecutor(1), metrics, queue_pairs=100, budget_pairs=16, max_wait_s=0.0)
+    batcher.start()
+    model.go.set()
+    metrics.in_flight = 1  # a client request is being served
+    shadow = asyncio.create_task(batcher.submit("shadow", ["t"] * 10, tier=1))
+    await asyncio.sleep(0.2)
+    assert model.sizes == []  # the model is free, but the served traffic is not idle
+    assert await batcher.submit("search", ["aa", "bb"]) == [2.0, 2.0]  # a search is served meanwhile
+    assert model.batches == [["search"]]
+    metrics.in_flight = 0
+    assert await asyncio.wait_for(shadow, 5) == [1.0] * 10
+    assert model.sizes == [2, 2, 2, 2, 2, 2]  # a search's pass, then shadow passes of 16 // 8
     await batcher.close()
