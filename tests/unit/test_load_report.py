@@ -21,3 +21,18 @@ def test_shadow_is_compared_with_shadow_off_at_the_same_client_count() -> None:
         "shadow work: done 3, dropped 40"
     )
     assert shadow_report(rows[:2]) == ""  # no shadow row: nothing to compare
+
+
+def test_alternating_rounds_compare_medians_and_sum_the_work() -> None:
+    rows = [
+        _row("shadow-off", 16, 100.0, 200.0),
+        _row("shadow", 16, 90.0, 260.0, {"dropped": 10.0}),
+        _row("shadow-off", 16, 140.0, 300.0),
+        _row("shadow", 16, 130.0, 280.0, {"done": 2.0, "dropped": 5.0}),
+        _row("shadow-off", 16, 120.0, 250.0),
+        _row("shadow", 16, 500.0, 900.0, {"done": 1.0}),
+    ]
+    assert shadow_report(rows) == (
+        "shadow 0.1 vs off at 16 clients (median of 3 rounds each): served p50 130 vs 120 ms (1.08x), "
+        "p99 280 vs 250 ms (1.12x); shadow work: done 3, dropped 15"
+    )

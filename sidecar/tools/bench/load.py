@@ -228,18 +228,32 @@ def _settled_shadow(
 
 
 def shadow_report(rows: Sequence[Row]) -> str:
-    """Served latency with shadow sampling against shadow off, at each client count, and the shadow work's fate."""
-    off = {r.clients: r for r in rows if r.setup == "shadow-off"}
-    lines = []
+    """Served latency with shadow sampling against shadow off at each client count, and the shadow work's fate.
+
+    Each setup may run several times (``--setups shadow-off,shadow,shadow-off,shadow``: alternating rounds, so that
+    the machine's drift falls on both): the comparison takes the median of each setup's rounds, and the work
+    is summed over them."""
+    by: dict[tuple[str, int], list[Row]] = {}
     for r in rows:
-        if r.setup == "shadow" and r.clients in off:
-            o = off[r.clients]
-            work = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.shadow.items())) or "none"
-            lines.append(
-                f"shadow 0.1 vs off at {r.clients} clients: served p50 {r.served_p50_ms:.0f} vs {o.served_p50_ms:.0f} "
-                f"ms ({r.served_p50_ms / max(o.served_p50_ms, 1e-9):.2f}x), p99 {r.served_p99_ms:.0f} vs "
-                f"{o.served_p99_ms:.0f} ms ({r.served_p99_ms / max(o.served_p99_ms, 1e-9):.2f}x); shadow work: {work}"
-            )
+        by.setdefault((r.setup, r.clients), []).append(r)
+    lines = []
+    for (setup, clients), shadow in by.items():
+        off = by.get(("shadow-off", clients))
+        if setup != "shadow" or not off:
+            continue
+        p50, p99 = (statistics.median(getattr(r, f) for r in shadow) for f in ("served_p50_ms", "served_p99_ms"))
+        o50, o99 = (statistics.median(getattr(r, f) for r in off) for f in ("served_p50_ms", "served_p99_ms"))
+        work: dict[str, float] = {}
+        for r in shadow:
+            for k, v in r.shadow.items():
+                work[k] = work.get(k, 0.0) + v
+        done = ", ".join(f"{k} {v:.0f}" for k, v in sorted(work.items())) or "none"
+        rounds = f" (median of {len(shadow)} rounds each)" if len(shadow) > 1 or len(off) > 1 else ""
+        lines.append(
+            f"shadow 0.1 vs off at {clients} clients{rounds}: served p50 {p50:.0f} vs {o50:.0f} ms "
+            f"({p50 / max(o50, 1e-9):.2f}x), p99 {p99:.0f} vs {o99:.0f} ms ({p99 / max(o99, 1e-9):.2f}x); "
+            f"shadow work: {done}"
+        )
     return "\n".join(lines)
 
 
