@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -13,13 +14,27 @@ _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class Metrics:
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._quiet_since = time.monotonic()
+
+    def idle_s(self) -> float:
+        """Seconds since the last client request ended, while none is being served; 0 while one is."""
+        return 0.0 if self.in_flight else time.monotonic() - self._quiet_since
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("sidecar_requests", "Requests served", ["route", "status"], registry=r)
-        # Client requests being served (the middleware counts them). Shadow work runs only while it is 0: the
-        # capacity the served traffic leaves idle. A plain int, read by the gauge at scrape time only.
+        # Client requests being served (the middleware counts them), and when the last one ended: shadow work on
+        # a CPU runs only in the capacity the served traffic leaves idle. Plain numbers; the gauge reads them at
+        # scrape time only.
         self.in_flight = 0
+        self._quiet_since = time.monotonic()
         Gauge("sidecar_requests_in_flight", "Client requests being served", registry=r).set_function(
             lambda: self.in_flight
         )

@@ -26,7 +26,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """The single translation from errors to the engine's error format; no traceback ever leaves."""
     start = time.perf_counter()
     metrics = request.app[METRICS]
-    metrics.in_flight += 1
+    metrics.request_started()
     try:
         response = await handler(request)
     except SidecarError as e:
@@ -39,7 +39,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unexpected error on %s %s", request.method, request.path)
         response = error_response(SidecarError("internal error in the rerank sidecar; see its log"))
     finally:
-        metrics.in_flight -= 1
+        metrics.request_ended()
     route = "sidecar" if request.path.startswith("/_sidecar/") else request.get(ROUTE, "proxy")
     metrics.requests.labels(route, str(response.status)).inc()
     outcome = request.get(OUTCOME)

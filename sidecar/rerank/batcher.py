@@ -4,9 +4,10 @@ Scheduling, once for every kind of work:
 - **Earliest deadline first.** A search with a latency budget has its deadline; one without is ordered by
   its arrival plus ``order_horizon_s`` (the hard ``rerank_timeout_ms``), so it is never starved for long.
   ``tier`` puts whole classes behind others (0: searches; 1: shadow work). Tier 1 runs only in the capacity the
-  served traffic leaves idle: while no client request is being served (``Metrics.in_flight``) and no search
-  waits, in small passes (an eighth of a search's), so that a request arriving finds the model free soon; on a
-  CPU, where the model and the proxy share the cores, this is what keeps shadow mode off the served latency.
+  served traffic leaves idle, in small passes (an eighth of a search's), so that a request arriving finds the
+  model free soon: when no search waits for the model, and, for a model on the CPU (``shares_cpu``: it and the
+  proxy and often the engine share the cores), when no client request has been served for ``_IDLE_AFTER_S``
+  (a quiet spell, not the gap between a client's reply and its next request).
 - **Progressive, head first.** A pass takes the next texts of each job in that order; a job's texts are the
   engine's candidates in the engine's order, so whatever is scored when its budget runs out is a prefix.
 - **Fair.** Jobs without a budget share a pass round by round: each round gives each of them its next text, until
@@ -57,6 +58,7 @@ _GRACE = 0.25  # a pass under way at a job's deadline may finish within this fra
 _UNBUDGETED_SHARE = 0.5  # a job without a budget queues what the model alone scores in this much of the horizon
 _IDLE_PASS = 8  # tier-1 passes are this many times smaller than a search's
 _IDLE_POLL_S = 0.02  # how often tier-1 work looks for idle time while the served traffic keeps the sidecar busy
+_IDLE_AFTER_S = 0.1  # on a CPU, tier-1 work starts a pass only after this long without a client request
 
 
 def estimate_tokens(query: str, text: str) -> float:
@@ -106,6 +108,7 @@ class Batcher:
         self._queue_pairs = queue_pairs
         self._max_search_pairs = max_search_pairs
         self.budget_pairs = budget_pairs
+        self.shares_cpu = True  # the model runs on the cores that serve requests (set for the device once loaded)
         self._max_wait_s = max_wait_s
         self._order_horizon_s = order_horizon_s
         self._estimate = estimate
@@ -244,7 +247,7 @@ class Batcher:
                     await asyncio.sleep(self._max_wait_s)  # let other searches' pairs join this pass
             chunks = self._next_pass(loop.time())
             if not chunks:  # budgeted work whose time is up (its waiters answer it), or tier 1 waiting for idle
-                await asyncio.sleep(_IDLE_POLL_S if self._metrics.in_flight else 0.001)
+                await asyncio.sleep(0.001 if any(j.waiting and not j.tier for j in self._jobs) else _IDLE_POLL_S)
                 continue
             for job, _, _ in chunks:
                 job.in_flight = True
@@ -290,7 +293,8 @@ class Batcher:
         slice_end = math.inf
         if self._recent_budget is not None and now - self._recent_budget[1] <= _RECENT_BUDGET_S:
             slice_end = now + self._recent_budget[0] / 4
-        served = any(j.tier == 0 and j.waiting for j in self._jobs) or self._metrics.in_flight > 0
+        served = any(j.tier == 0 and j.waiting for j in self._jobs)
+        served = served or (self.shares_cpu and self._metrics.idle_s() < _IDLE_AFTER_S)
         order = sorted(
             (j for j in self._jobs if j.waiting and not (j.budgeted and j.deadline <= now) and not (j.tier and served)),
             key=lambda j: (j.tier, j.deadline, j.seq),

@@ -87,6 +87,7 @@ class _LocalModel:
         self.batch_tokens = self._settings.batch_tokens or device_batch_tokens(model.device)
         # One pass takes about 1.5 batches of pairs: 32 on a CPU, 256 on a GPU.
         self.batcher.budget_pairs = max(1, self.batch_tokens // 64)
+        self.batcher.shares_cpu = model.device.type == "cpu"
         self._max_tokens = float(model.encoder.max_length * model.encoder.max_chunks)
         await self._calibrate(loop)
         if model.kind == "bi-encoder":  # after the calibration, whose texts must not fill the store
