@@ -58,6 +58,7 @@ def register(sub: Any) -> None:
     load.add_argument("--budget-ms", type=float, default=300, help="the latency budget (default: %(default)s)")
     load.add_argument("--queries", type=int, help="only the first N judged queries")
     load.add_argument("--repeat", type=int, default=1, help="send each query this many times per pass")
+    load.add_argument("--think-ms", type=float, default=0, help="each client's pause between a reply and its next")
     load.add_argument("--precision", default="auto", help="serving precision (default: %(default)s)")
     load.add_argument("--cross-encoder", type=Path, help=_CROSS_ENCODER)
     load.add_argument("--work", type=Path, default=Path.home() / ".cache" / "rerank-sidecar" / "bench-load")
@@ -144,6 +145,7 @@ def run_load(args: argparse.Namespace) -> int:
             queries=args.queries,
             workdir=args.work,
             repeat=args.repeat,
+            think_ms=args.think_ms,
         )
     print(load.report(folder.name, bm25, rows))
     if shadow := load.shadow_report(rows):

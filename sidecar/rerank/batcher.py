@@ -4,7 +4,7 @@ Scheduling, once for every kind of work:
 - **Earliest deadline first.** A search with a latency budget has its deadline; one without is ordered by
   its arrival plus ``order_horizon_s`` (the hard ``rerank_timeout_ms``), so it is never starved for long.
   ``tier`` puts whole classes behind others (0: searches; 1: shadow work). Tier 1 runs only in the capacity the
-  served traffic leaves idle, in small passes (an eighth of a search's), so that a request arriving finds the
+  served traffic leaves idle, in small passes (a 32nd of a search's), so that a request arriving finds the
   model free soon: when no search waits for the model, and, for a model on the CPU (``shares_cpu``: it and the
   proxy and often the engine share the cores), when no client request has been served for ``_IDLE_AFTER_S``
   (a quiet spell, not the gap between a client's reply and its next request).
@@ -56,7 +56,7 @@ _SMOOTHING = 0.3  # weight of the newest pass in the rate
 _RECENT_BUDGET_S = 30.0  # how long a budget keeps passes short after its search was seen
 _GRACE = 0.25  # a pass under way at a job's deadline may finish within this fraction of its budget
 _UNBUDGETED_SHARE = 0.5  # a job without a budget queues what the model alone scores in this much of the horizon
-_IDLE_PASS = 8  # tier-1 passes are this many times smaller than a search's
+_IDLE_PASS = 32  # tier-1 passes are this many times smaller than a search's: one pair on a CPU, 8 on a GPU
 _IDLE_POLL_S = 0.02  # how often tier-1 work looks for idle time while the served traffic keeps the sidecar busy
 _IDLE_AFTER_S = 0.1  # on a CPU, tier-1 work starts a pass only after this long without a client request
 

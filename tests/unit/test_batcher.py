@@ -267,26 +267,26 @@ async def test_drained_waits_for_the_jobs_already_submitted(setup: tuple[Batcher
 
 async def test_shadow_work_waits_while_clients_are_served_and_then_runs_in_small_passes() -> None:
     model, metrics = _Model(), Metrics()
-    batcher = Batcher("m", model, ThreadPoolExecutor(1), metrics, queue_pairs=100, budget_pairs=16, max_wait_s=0.0)
+    batcher = Batcher("m", model, ThreadPoolExecutor(1), metrics, queue_pairs=100, budget_pairs=64, max_wait_s=0.0)
     batcher.start()
     model.go.set()
     metrics.request_started()  # a client request is being served
     shadow = asyncio.create_task(batcher.submit("shadow", ["t"] * 10, tier=1))
     await asyncio.sleep(0.2)
     assert model.sizes == []  # the model is free, but the served traffic is not idle
-    assert await batcher.submit("search", ["aa", "bb"]) == [2.0, 2.0]  # a search is served meanwhile
+    assert await batcher.submit("search", ["aa"] * 6) == [2.0] * 6  # a search is served meanwhile
     assert model.batches == [["search"]]
     metrics.request_ended()
     ended = time.monotonic()
     assert await asyncio.wait_for(shadow, 5) == [1.0] * 10
     assert time.monotonic() - ended >= 0.1  # not in the gap between one request and the next: after a quiet spell
-    assert model.sizes == [2, 2, 2, 2, 2, 2]  # a search's pass, then shadow passes of 16 // 8
+    assert model.sizes == [6, 2, 2, 2, 2, 2]  # the search's pass, then shadow passes of 64 // 32
     await batcher.close()
 
 
 async def test_on_an_accelerator_shadow_work_needs_only_the_model_queue_idle() -> None:
     model, metrics = _Model(), Metrics()
-    batcher = Batcher("m", model, ThreadPoolExecutor(1), metrics, queue_pairs=100, budget_pairs=16, max_wait_s=0.0)
+    batcher = Batcher("m", model, ThreadPoolExecutor(1), metrics, queue_pairs=100, budget_pairs=64, max_wait_s=0.0)
     batcher.shares_cpu = False  # a GPU: the cores that serve requests are not the model's
     batcher.start()
     model.go.set()

@@ -69,8 +69,11 @@ class _Pass:
     fallbacks: int
 
 
-async def _closed_loop(url: str, index: str, queries: Sequence[tuple[str, str]], clients: int, depth: int) -> _Pass:
-    """Each client sends the next query as soon as its last one is answered, until every query is sent once."""
+async def _closed_loop(
+    url: str, index: str, queries: Sequence[tuple[str, str]], clients: int, depth: int, think_s: float = 0.0
+) -> _Pass:
+    """Each client sends the next query as soon as its last one is answered (or ``think_s`` after it, as a user
+    reading the results would), until every query is sent once."""
     todo = list(queries)
     run: evaluation.Run = {}
     latencies: list[float] = []
@@ -94,6 +97,8 @@ async def _closed_loop(url: str, index: str, queries: Sequence[tuple[str, str]],
                 fallbacks += 1
             if m := _WINDOW.search(header):
                 fractions.append(int(m.group(1)) / max(1, int(m.group(2))))
+            if think_s:
+                await asyncio.sleep(think_s)
 
     start = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -175,8 +180,10 @@ def measure(
     queries: int | None,
     workdir: Path,
     repeat: int = 1,
+    think_ms: float = 0.0,
 ) -> tuple[float, list[Row]]:
-    """(nDCG@10 of the engine alone, one row per setup and client count); each query is sent ``repeat`` times."""
+    """(nDCG@10 of the engine alone, one row per setup and client count); each query is sent ``repeat`` times,
+    each client pausing ``think_ms`` between a reply and its next request."""
     judgments = datasets.qrels(dataset)
     asked = [(q, t) for q, t in datasets.queries(dataset).items() if q in judgments][:queries] * repeat
     index = f"bench-load-{dataset.name}".lower()
@@ -188,9 +195,9 @@ def measure(
     for setup in setups:
         with _sidecar(engine, workdir, index, setup, model, precision) as url:
             for n in levels:
-                base = asyncio.run(_closed_loop(engine, index, asked, n, 100))  # the engine alone, just before
+                base = asyncio.run(_closed_loop(engine, index, asked, n, 100, think_ms / 1000))  # the engine alone
                 before = counter(url, "sidecar_shadow")
-                via = asyncio.run(_closed_loop(url, index, asked, n, 100))
+                via = asyncio.run(_closed_loop(url, index, asked, n, 100, think_ms / 1000))
                 shadow = _settled_shadow(url, before) if setup.rule.get("mode") == "shadow" else {}
                 rows.append(
                     Row(
