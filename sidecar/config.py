@@ -206,9 +206,10 @@ class ModelSpec(_Frozen):
 class UpstreamNodes(tuple[AnyHttpUrl, ...]):
     """The engine's nodes (one, or several of one cluster, or its coordinating tier), in the order given.
 
-    Given as one URL, a comma-separated list (a flag, an environment variable, a YAML string) or a YAML list. Only
-    each URL's origin is used (scheme, host, port; a path or user info is ignored, as with one URL), and each
-    origin may appear once. All nodes share one scheme: the upstream_* TLS settings are one set for the whole
+    Given as one URL, a comma-separated list (a flag, an environment variable, a YAML string) or a YAML list. Each
+    URL's origin (scheme, host, port) and path are used: a path is a prefix every request goes under (an engine
+    behind a gateway at https://gw/es); user info is ignored (credentials are the clients' or upstream_api_key's).
+    Each node may appear once. All nodes share one scheme: the upstream_* TLS settings are one set for the whole
     upstream, and a cluster half behind TLS would send some of the clients' credentials in clear text (a mix is
     a typo far more often than a design). ``str()`` gives the comma-separated form back.
     """
@@ -236,7 +237,7 @@ class UpstreamNodes(tuple[AnyHttpUrl, ...]):
     def _checked(cls, urls: tuple[AnyHttpUrl, ...]) -> UpstreamNodes:
         if len({url.scheme for url in urls}) > 1:
             raise ValueError("every upstream node needs the same scheme (all http or all https)")
-        origins = [(url.scheme, url.host, url.port) for url in urls]
+        origins = [(url.scheme, url.host, url.port, (url.path or "/").rstrip("/")) for url in urls]
         if len(set(origins)) != len(origins):
             raise ValueError("an upstream node is listed twice")
         return cls(urls)
@@ -264,7 +265,8 @@ class Settings(BaseSettings):
     config: Path | None = Field(None, description="YAML file with any of these keys")
     upstream: Annotated[UpstreamNodes, NoDecode] = Field(
         UpstreamNodes((AnyHttpUrl("http://127.0.0.1:9200"),)),
-        description="the engine behind us: one URL, or its nodes (or coordinating tier) comma-separated (a list in "
+        description="the engine behind us: one URL (a path in it is a prefix: an engine behind a gateway at "
+        "https://gw/es), or its nodes (or coordinating tier) comma-separated (a list in "
         "YAML), all http or all https: requests go round-robin to the live ones, a node that fails to connect or "
         "times out rests for a backoff, reads are retried on another node, writes never",
     )

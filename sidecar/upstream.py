@@ -115,11 +115,13 @@ class Node:
     """One node of the upstream: where its requests go and the Host header they carry (its own authority)."""
 
     origin: URL
+    prefix: str = ""  # a path every request goes under (an engine behind a gateway at https://gw/es), no end slash
 
     @classmethod
     def of(cls, url: object) -> Node:
-        """The node at ``url``'s origin (scheme, host, port); a path or user info in it is ignored."""
-        return cls(URL(str(url)).origin())
+        """The node at ``url``: its origin (scheme, host, port) and its path as a prefix; user info is ignored."""
+        parsed = URL(str(url))
+        return cls(parsed.origin(), parsed.raw_path.rstrip("/"))
 
     @property
     def host_header(self) -> str:
@@ -127,14 +129,15 @@ class Node:
 
     @property
     def name(self) -> str:
-        """For logs and the ``sidecar_upstream_node_up`` metric: the origin, never credentials."""
-        return str(self.origin)
+        """For logs and the ``sidecar_upstream_node_up`` metric: the origin and prefix, never credentials."""
+        return str(self.origin) + self.prefix
 
     def url(self, path_qs: str) -> URL:
-        """Origin + the request's raw path and query, byte-exact (no re-encoding, no host from the request)."""
+        """Origin + prefix + the request's raw path and query, byte-exact (no re-encoding, no host from the
+        request)."""
         if not path_qs.startswith("/"):
             path_qs = "/" + path_qs
-        return URL(str(self.origin) + path_qs, encoded=True)
+        return URL(str(self.origin) + self.prefix + path_qs, encoded=True)
 
 
 class NodePool:

@@ -12,12 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 import pytest
+from aiohttp import web
 from osmem_server import OsmemServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import Rule
-from tests.servers import Http, SidecarThread, index_docs
+from tests.servers import Http, SidecarThread, ThreadServer, index_docs
 
 RULE = Rule(index="docs*", fields=("text",), window_size=10)
 DOCS = 12
@@ -257,3 +259,35 @@ def test_one_node_still_works_as_before(engine: str, make_sidecar: MakeSidecar, 
     proxy = make_sidecar(engine)
     assert [_get(http, proxy.url) for _ in range(3)] == [(200, 7)] * 3
     assert _node_up(http, proxy) == {engine.rstrip("/"): 1.0}
+
+
+def test_an_engine_behind_a_gateway_path_gets_every_request_under_it(
+    engine: str, make_sidecar: MakeSidecar, http: Http
+) -> None:
+    """`upstream: http://gw/es`: a gateway (the tests' own, in front of a real osmem) serves the engine under /es
+    and nothing else; the sidecar's pass-through, its reranked searches and its readiness all go under /es."""
+    index_docs(http, engine, [("docs", str(i), {"text": f"apple {i}"}) for i in range(5)])
+    seen: list[str] = []
+
+    async def gateway(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        if not request.path.startswith("/es/"):
+            return web.json_response({"error": "no such route"}, status=404)
+        async with (
+            aiohttp.ClientSession() as s,
+            s.request(
+                request.method, engine + request.raw_path[3:], data=await request.read(), headers=request.headers
+            ) as r,
+        ):
+            return web.Response(body=await r.read(), status=r.status, content_type=r.content_type)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", gateway)
+    with ThreadServer(app) as gw:
+        proxy = make_sidecar(gw.url + "/es/", rules=[Rule(index="docs", window_size=5)])
+        assert http("GET", proxy.url + "/docs/_doc/3").status == 200
+        r = http("POST", proxy.url + "/docs/_search?q=apple", {"size": 2})
+        assert r.status == 200 and r.headers["X-Rerank"] == "applied; window=5/5"
+        assert http("GET", proxy.url + "/_sidecar/ready").status == 200
+    assert seen and all(p.startswith("/es/") for p in seen), seen
+    assert "/es/docs/_doc/3" in seen and "/es/docs/_search?q=apple" in seen

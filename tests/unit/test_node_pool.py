@@ -141,14 +141,18 @@ def test_a_pool_needs_distinct_nodes() -> None:
     with pytest.raises(ValueError):
         NodePool(())
     with pytest.raises(ValueError):
-        NodePool((A, Node.of("http://10.0.0.1:9200/other")))
+        NodePool((A, Node.of("http://10.0.0.1:9200/")))
 
 
-def test_a_node_is_an_origin_and_its_host_header_is_its_authority() -> None:
-    node = Node.of("https://user:secret@engine.internal:9243/prefix")
+def test_a_node_is_an_origin_and_a_path_prefix_and_its_host_header_is_its_authority() -> None:
+    node = Node.of("https://user:secret@engine.internal:9243")
     assert node.name == "https://engine.internal:9243" and node.host_header == "engine.internal:9243"
     assert str(node.url("//evil.example/x?q=1")) == "https://engine.internal:9243//evil.example/x?q=1"
-    assert Node.of("http://[::1]:9200").host_header == "[::1]:9200"
+    assert Node.of("http://[::1]:9200/").host_header == "[::1]:9200"
+    assert str(Node.of("http://[::1]:9200/").url("/_search")) == "http://[::1]:9200/_search"
+    gateway = Node.of("https://user:secret@gw.internal/es/")  # an engine behind a gateway's path
+    assert gateway.name == "https://gw.internal/es" and gateway.host_header == "gw.internal"
+    assert str(gateway.url("/logs-%2A/_search?q=a%20b")) == "https://gw.internal/es/logs-%2A/_search?q=a%20b"
 
 
 # --- the setting --------------------------------------------------------------------------------------------------
@@ -183,7 +187,8 @@ def test_upstream_from_the_environment_a_flag_and_yaml(
     ("value", "why"),
     [
         ("http://a:9200,https://b:9243", "same scheme"),
-        ("http://a:9200,http://a:9200/other", "listed twice"),
+        ("http://a:9200,http://a:9200/", "listed twice"),
+        ("http://a:9200/es,http://a:9200/es/", "listed twice"),
         ("http://a:80,http://a", "listed twice"),
         ("http://a:9200,,http://b:9200", "valid URL"),
         ([], "at least 1"),
