@@ -112,7 +112,7 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
         report["current"] = {"model": args.current, **_held_out(args.current, args)}
     probe = lists[len(lists) - max(2, min(200, len(lists) // 10)) :]  # lists the student never trains on
     lists = lists[: len(lists) - len(probe)]
-    model = distill.student_model(student, args.student_layers, args.max_length)
+    model = distill.student_model(student, args.student_layers, args.max_length, args.seed)
     report["agreement_before"] = distill.agreement([x.scores for x in probe], _student_scores(model, probe))
 
     def on_epoch(epoch: int, folder: Path) -> None:

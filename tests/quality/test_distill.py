@@ -36,7 +36,9 @@ def test_a_fresh_two_layer_student_moves_towards_the_teacher(engine: str, tmp_pa
     )
     before, after = report["agreement_before"], report["agreement_after"]
     assert isinstance(before, float) and isinstance(after, float)
-    assert after > before + 0.05, report  # on lists it never trained on: the teacher's order, better kept (+0.13 here)
+    # On lists it never trained on, the teacher's order is better kept: -0.001 -> 0.064 here, the same on every run
+    # (the student's new head is drawn from --seed; unseeded, its start varied from -0.03 to 0.18 between runs).
+    assert after > before + 0.03, report
     best = out / "best"
     assert report["handed_out"] == str(best)
     assert (best / "config.json").exists() and not (best / "modules.json").exists()

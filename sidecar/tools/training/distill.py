@@ -92,11 +92,14 @@ def score_lists(
     return [x for x in done if x.docs]
 
 
-def student_model(source: str, layers: int | None, max_length: int) -> Any:
+def student_model(source: str, layers: int | None, max_length: int, seed: int = 0) -> Any:
     """A sentence-transformers CrossEncoder with one logit from ``source`` (a cross-encoder, or an encoder such as
-    a bi-encoder's, whose head is then new); ``layers`` keeps only the first K transformer layers."""
+    a bi-encoder's, whose head is then new, drawn from ``seed``: the same run starts from the same student);
+    ``layers`` keeps only the first K transformer layers."""
     from sentence_transformers.cross_encoder import CrossEncoder
+    from transformers import set_seed
 
+    set_seed(seed)
     model = CrossEncoder(source, num_labels=1, max_length=max_length)
     if layers is not None:
         hf = model.model
