@@ -8,10 +8,11 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.http import admin, rerank_api
-from sidecar.http.keys import FORWARDER, METRICS, PIPELINE, SETTINGS, UPSTREAM
+from sidecar.http.keys import ACCESS_LOG, FORWARDER, METRICS, PIPELINE, SETTINGS, UPSTREAM
 from sidecar.http.middleware import errors_middleware
 from sidecar.http.passthrough import Forwarder
 from sidecar.http.search import dispatch
+from sidecar.logs import AccessLog
 from sidecar.metrics import Metrics
 from sidecar.rerank.pipeline import RerankPipeline
 from sidecar.rerank.scorers.base import Scorer
@@ -32,6 +33,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
     app[UPSTREAM] = upstream
     app[FORWARDER] = Forwarder(settings, upstream)
     app[PIPELINE] = RerankPipeline(settings, upstream, scorer, metrics)
+    app[ACCESS_LOG] = AccessLog(settings.log_format)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[UPSTREAM].start()
@@ -42,6 +44,7 @@ def create_app(settings: Settings, *, scorer: Scorer | None = None) -> web.Appli
             await app[PIPELINE].close()
             await app[FORWARDER].close()
             await app[UPSTREAM].close()
+            app[ACCESS_LOG].close()
 
     app.cleanup_ctx.append(lifecycle)
     admin.add_routes(app)

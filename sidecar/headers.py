@@ -30,9 +30,14 @@ _COMPAT_PARAM = re.compile(r'\s*compatible-with\s*=\s*"?(\d+)"?\s*', re.I)
 
 
 def _without_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
-    drop = HOP_BY_HOP | named
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    """A copy without the hop-by-hop headers and those the Connection header names (copied whole, then the few
+    present removed: a proxy does this twice per request, and most requests carry none of them)."""
+    out = CIMultiDict(headers)
+    named = out.getall("Connection", ())
+    for name in HOP_BY_HOP.union(t.strip() for v in named for t in v.split(",")) if named else HOP_BY_HOP:
+        if name in out:
+            del out[name]
+    return out
 
 
 def upstream_request_headers(

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.http.passthrough import Forwarder
+from sidecar.logs import AccessLog
 from sidecar.metrics import Metrics
 from sidecar.rerank.outcome import Outcome
 from sidecar.rerank.pipeline import RerankPipeline
@@ -16,6 +17,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 PIPELINE = web.AppKey("pipeline", RerankPipeline)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 # Per-request notes for the access log and the metrics.
 ROUTE = web.RequestKey("route", str)

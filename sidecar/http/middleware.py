@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from sidecar.errors import BadRequest, PayloadTooLarge, SidecarError
-from sidecar.http.keys import METRICS, OUTCOME, ROUTE
+from sidecar.http.keys import ACCESS_LOG, METRICS, OUTCOME, ROUTE
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("sidecar.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,12 +40,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         metrics.request_ended()
     route = "sidecar" if request.path.startswith("/_sidecar/") else request.get(ROUTE, "proxy")
-    metrics.requests.labels(route, str(response.status)).inc()
+    metrics.count_request(route, response.status)
     outcome = request.get(OUTCOME)
     if outcome is not None:
         metrics.record(outcome)
-    access_log.info(
-        "%s %s %s %.1fms rerank=%s",
+    request.app[ACCESS_LOG](
         request.method,
         request.path,
         response.status,

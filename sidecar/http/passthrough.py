@@ -61,8 +61,9 @@ class Forwarder:
         A write (anything not safe to replay) runs to its end even if its client goes away: aiohttp then cancels
         the handler, and a read is dropped with it, but the engine gets a write whole or not at all from us.
         """
-        exchange = self._exchange(request, body, rewritten=rewritten, extra_headers=extra_headers)
-        if is_retryable(request.method, request.path):
+        replayable = is_retryable(request.method, request.path)
+        exchange = self._exchange(request, body, replayable, rewritten=rewritten, extra_headers=extra_headers)
+        if replayable:
             return await exchange
         return await self._to_the_end(exchange)
 
@@ -86,21 +87,23 @@ class Forwarder:
         self,
         request: web.Request,
         body: bytes | None,
+        replayable: bool,
         *,
         rewritten: bool,
         extra_headers: dict[str, str] | None,
     ) -> web.StreamResponse:
         send: Body
         if body is not None:
-            send, retry = body, is_retryable(request.method, request.path)
+            send, retry = body, replayable
         else:
-            send, retry = await self._request_body(request)
+            send, retry = await self._request_body(request, replayable)
         headers = self.upstream_headers(request)
         if rewritten:
             headers.popall("Content-Encoding", None)
             headers["Content-Length"] = str(len(body or b""))
             headers.setdefault("Content-Type", "application/json")
-        async with self._upstream.request(request.method, request.raw_path, headers, send, retry=retry) as resp:
+        resp = await self._upstream.send(request.method, request.raw_path, headers, send, retry=retry)
+        try:
             reply_headers = client_response_headers(resp.headers, compat_accept=self.reply_compat(request))
             reply_headers.update(extra_headers or {})
             if resp.content_length is not None and resp.content_length <= _SMALL_REPLY:
@@ -123,14 +126,15 @@ class Forwarder:
                 return out
             await out.write_eof()
             return out
+        finally:
+            resp.release()
 
-    async def _request_body(self, request: web.Request) -> tuple[Body, bool]:
+    async def _request_body(self, request: web.Request, replayable: bool) -> tuple[Body, bool]:
         """The body to send and whether the request may be retried (needs a replayable body)."""
-        retry = is_retryable(request.method, request.path)
         if not request.body_exists:
-            return None, retry
+            return None, replayable
         length = request.content_length
-        if retry and length is not None and length <= self._settings.max_search_body_bytes:
+        if replayable and length is not None and length <= self._settings.max_search_body_bytes:
             return await request.read(), True
         return request.content, False
 

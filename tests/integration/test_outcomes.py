@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,9 +14,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import Rule
+from sidecar.http.keys import ACCESS_LOG
 from sidecar.rerank.failures import Overloaded, ScoringFailed
 from tests.fakes import KeyScorer
-from tests.servers import Http, ThreadServer
+from tests.servers import Http, SidecarThread, ThreadServer
 
 RULE = Rule(index="docs*", fields=("text",), window_size=20)
 SEARCH = {"query": {"match": {"text": "apple"}}}
@@ -45,12 +47,26 @@ def _rerank_total(samples: dict[Any, float], outcome: str, reason: str) -> float
     return samples.get(("sidecar_rerank_total", (("outcome", outcome), ("reason", reason))), 0.0)
 
 
+def _access_fields(sidecar: SidecarThread, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The rerank= fields of the access lines ``sidecar`` wrote (its buffer written now, on its own loop)."""
+
+    async def flush() -> None:
+        sidecar.app[ACCESS_LOG].flush()
+
+    asyncio.run_coroutine_threadsafe(flush(), sidecar.loop).result(timeout=5)
+    lines = capsys.readouterr().err.splitlines()
+    return [line.rsplit("rerank=", 1)[1] for line in lines if " sidecar.access: " in line]
+
+
 def test_header_access_log_and_metrics_read_one_outcome(
-    corpus: str, make_sidecar: Any, http: Http, caplog: pytest.LogCaptureFixture
+    corpus: str, make_sidecar: Any, http: Http, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = make_sidecar(corpus, scorer=KeyScorer(), rules=(RULE,))
     bad = make_sidecar(corpus, scorer=KeyScorer(fail=True), rules=(RULE,))
-    with caplog.at_level(logging.INFO, logger="sidecar.access"):
+    access = logging.getLogger("sidecar.access")
+    level = access.level
+    access.setLevel(logging.INFO)  # setLevel, not .level: the logger caches what it is enabled for
+    try:
         applied = http("POST", good.url + "/docs/_search", SEARCH)
         fallback = http("POST", bad.url + "/docs/_search", SEARCH)
         skipped = http("POST", good.url + "/other/_search", SEARCH)
@@ -60,12 +76,15 @@ def test_header_access_log_and_metrics_read_one_outcome(
             b'{"index": "docs"}\n' + json.dumps(SEARCH).encode() + b"\n",
             headers={"Content-Type": "application/x-ndjson"},
         )
+        good_fields, bad_fields = _access_fields(good, capsys), _access_fields(bad, capsys)
+    finally:
+        access.setLevel(level)
     assert applied.headers["X-Rerank"] == "applied; window=20/20"
     assert fallback.headers["X-Rerank"] == "fallback; reason=model_error"
     assert skipped.headers["X-Rerank"] == "skipped; reason=no_rule"
     assert msearch.headers["X-Rerank"] == "applied; items=1"
-    fields = [r.getMessage().rsplit("rerank=", 1)[1] for r in caplog.records if r.name == "sidecar.access"]
-    assert fields == ["applied:20/20", "fallback:model_error", "skipped:no_rule", "applied:items=1"]
+    assert good_fields == ["applied:20/20", "skipped:no_rule", "applied:items=1"]
+    assert bad_fields == ["fallback:model_error"]
     samples = _samples(http, good.url)
     assert _rerank_total(samples, "applied", "rule") == 2.0  # the search and the _msearch item
     assert _rerank_total(samples, "skipped", "no_rule") == 1.0
