@@ -195,6 +195,8 @@ class NodePool:
     def get(self, avoid: Collection[Node] = ()) -> Node:
         """The next live node not in ``avoid`` (round-robin); else the next live one; else, every node resting, the
         one whose backoff ends first (preferring one not in ``avoid``)."""
+        if not self._resting and not avoid and len(self.nodes) == 1:  # one node, up: every request's case there
+            return self.nodes[0]
         live = self.live()
         choice = [n for n in live if n not in avoid] or live
         if choice:

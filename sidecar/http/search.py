@@ -59,12 +59,15 @@ async def _read(request: web.Request) -> tuple[bytes, bytes | None]:
     limit = request.app[SETTINGS].max_search_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"search body of {request.content_length} bytes is over the limit of {limit}")
-    raw = bytearray()
-    async for chunk in request.content.iter_any():  # a chunked body has no length to check up front
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"search body is over the limit of {limit} bytes")
-    body = bytes(raw)
+    if request.content_length is not None:  # within the limit (above); the app's client_max_size is the limit too
+        body = await request.read()
+    else:
+        raw = bytearray()
+        async for chunk in request.content.iter_any():  # a chunked body has no length to check up front
+            raw += chunk
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"search body is over the limit of {limit} bytes")
+        body = bytes(raw)
     return body, decode(body, request.headers.get("Content-Encoding"), limit=limit)
 
 

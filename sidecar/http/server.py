@@ -281,6 +281,11 @@ class _Connection(RequestHandler):
         its line, so the parser would wait for headers that never come (the engine answers it 400 at once)."""
         assert self._line is not None
         end = data.find(b"\n")
+        if end > 0 and not self._line:  # the whole line in one piece, the common case: no copy
+            parts = data[:end].rstrip(b"\r").split(b" ")
+            if parts[0]:
+                self._line = None
+                return len(parts) >= 3 and parts[-1].startswith(b"HTTP/")
         self._line += data if end < 0 else data[:end]
         if end < 0:
             if len(self._line) > self.max_line_size:
