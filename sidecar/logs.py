@@ -10,12 +10,14 @@ import time
 from typing import TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JSON_TIME = "%Y-%m-%dT%H:%M:%S"  # the "ts" of JSON lines; text lines have logging's default asctime
+_TEXT_TIME = logging.Formatter.default_time_format  # its milliseconds follow after a comma
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": self.formatTime(record, JSON_TIME),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -98,5 +100,5 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S" if self._json else "%Y-%m-%d %H:%M:%S", time.localtime(now))
+            self._stamp = time.strftime(JSON_TIME if self._json else _TEXT_TIME, time.localtime(now))
         return self._stamp
