@@ -33,7 +33,19 @@ def register(sub: Any) -> None:
         "Cohere, another sidecar...) the teacher is one of, scored as `serve` would",
     )
     parser.add_argument("--student", help="starting student: a model folder or hub id (default: the teacher's)")
-    parser.add_argument("--student-layers", type=int, help="keep only the first K transformer layers of the student")
+    parser.add_argument(
+        "--student-layers",
+        type=_layers,
+        help="keep only K transformer layers of the student: the first K, or those listed (0-based: 0,5)",
+    )
+    parser.add_argument(
+        "--match-hidden",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="with --student-layers: also learn the uncut student's hidden states (TinyBERT's layer mapping), "
+        "this weight on their MSE (default 0: off)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--queries", type=Path, help="training queries: queries.tsv or one query per line")
     source.add_argument("--pseudo-queries", type=int, help="cut N inverse-cloze queries from the corpus instead")
@@ -70,6 +82,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from sidecar.rerank.scorers.models import detect_kind
 
+    if args.match_hidden and args.student_layers is None:
+        raise UsageError("distill: --match-hidden needs --student-layers (a student cut from a deeper encoder)")
     for folder in args.eval:
         if not (folder / "qrels.txt").exists():
             raise UsageError(f"distill: {folder} has no qrels.txt")
@@ -89,6 +103,10 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
     from sidecar.tools.training.artifacts import plot
 
     temperature = args.temperature or (0.05 if kind == "bi-encoder" else 1.0)
+    try:
+        model = distill.student_model(student, args.student_layers, args.max_length, args.seed)
+    except ValueError as e:  # layers the student does not have: said before any scoring
+        raise UsageError(f"distill: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     if args.queries is not None:
@@ -112,7 +130,6 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
         report["current"] = {"model": args.current, **_held_out(args.current, args)}
     probe = lists[len(lists) - max(2, min(200, len(lists) // 10)) :]  # lists the student never trains on
     lists = lists[: len(lists) - len(probe)]
-    model = distill.student_model(student, args.student_layers, args.max_length, args.seed)
     report["agreement_before"] = distill.agreement([x.scores for x in probe], _student_scores(model, probe))
 
     def on_epoch(epoch: int, folder: Path) -> None:
@@ -131,6 +148,8 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
         seed=args.seed,
         resume=args.resume,
         on_epoch=on_epoch,
+        uncut=distill.uncut_encoder(student) if args.match_hidden else None,
+        hidden_weight=args.match_hidden,
     )
     epochs = [(int(e["epoch"]), float(e["nDCG@10"])) for e in report["epochs"]]
     plot(losses, epochs, report["teacher"]["nDCG@10"], "teacher", args.out / "training.png")
@@ -141,6 +160,17 @@ def _distill(args: argparse.Namespace, teacher: str, scorer: Any, kind: str, stu
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(_summary(report))
     return 0
+
+
+def _layers(value: str) -> list[int]:
+    """``K`` (the first K layers) or a comma-separated list of 0-based layer indices."""
+    try:
+        layers = [int(i) for i in value.split(",")] if "," in value else list(range(int(value)))
+    except ValueError:
+        layers = []
+    if not layers:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of layers, or layer indices such as 0,5")
+    return layers
 
 
 def _scorer(model: str) -> Any:

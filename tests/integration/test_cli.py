@@ -78,6 +78,20 @@ def test_a_model_that_does_not_load_is_one_line_in_eval_too(tmp_path: Path, caps
     assert "cannot load model [eval]" in _one_line(capsys)
 
 
+def test_distill_says_what_is_wrong_with_the_student_before_any_scoring(
+    tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\n")
+    (tmp_path / "queries.txt").write_text("how to parse a date\n")
+    common = ["distill", "--queries", str(tmp_path / "queries.txt"), "--corpus", str(tmp_path)]
+    common += ["--eval", str(tmp_path), "--out", str(tmp_path / "out"), "--teacher", tiny_model]
+    assert main([*common, "--match-hidden", "1"]) == 2
+    assert "--match-hidden needs --student-layers" in _one_line(capsys)
+    assert main([*common, "--student-layers", "0,5", "--match-hidden", "1"]) == 2  # the tiny model has 2 layers
+    assert "has layers 0-1; got [0, 5]" in _one_line(capsys)
+    assert not (tmp_path / "out" / "lists.jsonl").exists()  # nothing was scored
+
+
 def test_an_error_outside_the_table_is_a_bug_and_keeps_its_traceback() -> None:
     with pytest.raises(ValueError, match="invalid literal"):
         main(["bench", "proxy", "--clients", "many"])

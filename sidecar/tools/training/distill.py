@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sidecar.tools.training.artifacts import last_checkpoint, save_plain
+from sidecar.tools.training.layers import LayerDistillLoss
 
 Retrieve = Callable[[str, int], list[tuple[str, str]]]  # query, k -> [(doc id, text)] best first
 Score = Callable[[str, list[str]], list[float]]
@@ -92,10 +93,11 @@ def score_lists(
     return [x for x in done if x.docs]
 
 
-def student_model(source: str, layers: int | None, max_length: int, seed: int = 0) -> Any:
+def student_model(source: str, layers: Sequence[int] | None, max_length: int, seed: int = 0) -> Any:
     """A sentence-transformers CrossEncoder with one logit from ``source`` (a cross-encoder, or an encoder such as
     a bi-encoder's, whose head is then new, drawn from ``seed``: the same run starts from the same student);
-    ``layers`` keeps only the first K transformer layers."""
+    ``layers`` keeps only those transformer layers (0-based, in order), as DistilBERT and the MiniLM-L2/L4
+    rerankers are cut from deeper encoders."""
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import set_seed
 
@@ -104,11 +106,18 @@ def student_model(source: str, layers: int | None, max_length: int, seed: int = 
     if layers is not None:
         hf = model.model
         encoder = hf.base_model.encoder
-        if not 0 < layers <= len(encoder.layer):
-            raise ValueError(f"--student-layers {layers}: {source} has {len(encoder.layer)} layers")
-        encoder.layer = encoder.layer[:layers]
-        hf.config.num_hidden_layers = layers
+        if not layers or sorted(set(layers)) != list(layers) or not 0 <= layers[0] <= layers[-1] < len(encoder.layer):
+            raise ValueError(f"--student-layers: {source} has layers 0-{len(encoder.layer) - 1}; got {list(layers)}")
+        encoder.layer = type(encoder.layer)(encoder.layer[i] for i in layers)
+        hf.config.num_hidden_layers = len(layers)
     return model
+
+
+def uncut_encoder(source: str) -> Any:
+    """The whole encoder of ``source`` (no head), whose hidden states a student cut from it learns."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(source)
 
 
 def fit(
@@ -123,10 +132,14 @@ def fit(
     seed: int,
     resume: bool,
     on_epoch: Callable[[int, Path], None],
+    uncut: Any = None,
+    hidden_weight: float = 1.0,
 ) -> list[float]:
     """ListNet on the teacher's scores over ``temperature``, ``batch_lists`` lists per step, checkpoints in
-    ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch; returns the
-    logged losses."""
+        ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch; returns the
+        logged losses. With ``uncut`` (the encoder a cut student was cut from), ``hidden_weight`` times the MSE of
+        the student's hidden states to its layers is added, and with ``uncut_logits`` that of its logit to the uncut
+    model's (``layers.LayerDistillLoss``)."""
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import ListNetLoss
@@ -161,9 +174,10 @@ def fit(
             epoch = round(state.epoch or 0)
             on_epoch(epoch, save_plain(model, out / "epochs" / f"epoch-{epoch}"))
 
-    trainer = CrossEncoderTrainer(
-        model=model, args=args, train_dataset=data, loss=ListNetLoss(model), callbacks=[EpochEnd()]
-    )
+    loss: Any = ListNetLoss(model)
+    if uncut is not None:
+        loss = LayerDistillLoss(model, uncut, hidden_weight, loss)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[EpochEnd()])
     last = last_checkpoint(out / "checkpoints") if resume else None
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     logged = [e for e in trainer.state.log_history if "loss" in e]
