@@ -36,10 +36,18 @@ def test_demo_query_prints_engine_and_reranked_top5_offline() -> None:
     assert any("datetime" in t or "strptime" in t for t in reranked_titles), out.stdout
 
 
+# The demo as a terminal starts it, SIGINT at Python's own handler: a run of the tests started in the background
+# (`cmd &` in a script) inherits SIGINT ignored, and Python then leaves it ignored, as a background job should.
+_AS_IN_A_TERMINAL = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from sidecar.cli import main; sys.exit(main())"
+)
+
+
 def test_demo_serves_until_interrupted_and_reranks(http: Http) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "demo", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-c", _AS_IN_A_TERMINAL, "demo", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
