@@ -106,7 +106,7 @@ def student_model(source: str, layers: Sequence[int] | None, max_length: int, se
     if layers is not None:
         hf = model.model
         encoder = hf.base_model.encoder
-        if not layers or sorted(set(layers)) != list(layers) or not 0 <= layers[0] <= layers[-1] < len(encoder.layer):
+        if not layers or sorted(set(layers)) != list(layers) or layers[0] < 0 or layers[-1] >= len(encoder.layer):
             raise ValueError(f"--student-layers: {source} has layers 0-{len(encoder.layer) - 1}; got {list(layers)}")
         encoder.layer = type(encoder.layer)(encoder.layer[i] for i in layers)
         hf.config.num_hidden_layers = len(layers)
@@ -136,10 +136,9 @@ def fit(
     hidden_weight: float = 1.0,
 ) -> list[float]:
     """ListNet on the teacher's scores over ``temperature``, ``batch_lists`` lists per step, checkpoints in
-        ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch; returns the
-        logged losses. With ``uncut`` (the encoder a cut student was cut from), ``hidden_weight`` times the MSE of
-        the student's hidden states to its layers is added, and with ``uncut_logits`` that of its logit to the uncut
-    model's (``layers.LayerDistillLoss``)."""
+    ``out/checkpoints`` (kept: the last two), ``on_epoch(epoch, plain_folder)`` after each epoch; returns the
+    logged losses. With ``uncut`` (the encoder a cut student was cut from), ``hidden_weight`` times the MSE of
+    the student's hidden states to its layers is added (``layers.LayerDistillLoss``)."""
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import ListNetLoss
